@@ -1,0 +1,185 @@
+"""Building blocks shared by every MobileNet: conv-BN-activation, depthwise conv,
+squeeze-excite and the inverted residual.
+
+Padding is always explicit and symmetric, `dilation * (k - 1) // 2` per side, as in
+PyTorch: XLA's 'SAME' pads (0, 1) at stride 2 and would not reproduce the references.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+Dtype = Any
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "relu": nn.relu,
+    "relu6": nn.relu6,
+    "hard_swish": jax.nn.hard_swish,  # x * relu6(x + 3) / 6, as torch.nn.Hardswish
+    "hard_sigmoid": jax.nn.hard_sigmoid,  # relu6(x + 3) / 6, as torch.nn.Hardsigmoid
+}
+
+DEPTHWISE_IMPLS = ("auto", "slices", "lax")
+
+# torchvision initialises convs with Kaiming-normal over fan-out and linears with N(0, 0.01).
+conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+dense_init = nn.initializers.normal(0.01)
+
+
+def make_divisible(value: float, divisor: int = 8, min_value: Optional[int] = None) -> int:
+    """Round a channel count to a multiple of `divisor`, never dropping more than 10%."""
+    min_value = divisor if min_value is None else min_value
+    rounded = max(min_value, int(value + divisor / 2) // divisor * divisor)
+    if rounded < 0.9 * value:
+        rounded += divisor
+    return rounded
+
+
+def activation(name: Optional[str]) -> Callable[[jax.Array], jax.Array]:
+    if name is None:
+        return lambda x: x
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; known: {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
+def torch_padding(kernel_size: int, dilation: int = 1) -> tuple[tuple[int, int], tuple[int, int]]:
+    pad = dilation * (kernel_size - 1) // 2
+    return ((pad, pad), (pad, pad))
+
+
+def resolve_depthwise_impl(impl: str) -> str:
+    """'auto' picks the depthwise form per backend.
+
+    XLA:CPU lowers grouped convolutions 20-40x slower than k*k shifted multiply-adds,
+    and differentiates them into a dense [C, k, k, C] convolution; TPUs and cuDNN run
+    grouped convolutions natively, so there the library conv is kept.
+    """
+    if impl not in DEPTHWISE_IMPLS:
+        raise ValueError(f"depthwise_impl must be one of {DEPTHWISE_IMPLS}, got {impl!r}")
+    if impl == "auto":
+        return "slices" if jax.default_backend() == "cpu" else "lax"
+    return impl
+
+
+def depthwise_conv_slices(x: jax.Array, kernel: jax.Array, stride: int, dilation: int) -> jax.Array:
+    """Depthwise conv as a sum of k*k strided slices scaled per channel (x already padded)."""
+    kh, kw = kernel.shape[:2]
+    batch, height, width, channels = x.shape
+    out_h = (height - dilation * (kh - 1) - 1) // stride + 1
+    out_w = (width - dilation * (kw - 1) - 1) // stride + 1
+    out = None
+    for i in range(kh):
+        for j in range(kw):
+            start = (0, i * dilation, j * dilation, 0)
+            limit = (batch, start[1] + (out_h - 1) * stride + 1, start[2] + (out_w - 1) * stride + 1, channels)
+            term = lax.slice(x, start, limit, (1, stride, stride, 1)) * kernel[i, j, 0]
+            out = term if out is None else out + term
+    return out
+
+
+def depthwise_conv_lax(x: jax.Array, kernel: jax.Array, stride: int, dilation: int) -> jax.Array:
+    """Depthwise conv as XLA's grouped convolution (x already padded)."""
+    return lax.conv_general_dilated(
+        x, kernel, window_strides=(stride, stride), padding="VALID", rhs_dilation=(dilation, dilation),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=x.shape[-1])
+
+
+class DepthwiseConv(nn.Module):
+    """Bias-free depthwise conv; kernel (k, k, 1, C) whichever form computes it."""
+
+    kernel_size: int
+    stride: int = 1
+    dilation: int = 1
+    impl: str = "auto"
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        channels = x.shape[-1]
+        kernel = self.param("kernel", conv_init, (self.kernel_size, self.kernel_size, 1, channels), jnp.float32)
+        x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+        x = jnp.pad(x, ((0, 0), *torch_padding(self.kernel_size, self.dilation), (0, 0)))
+        conv = depthwise_conv_slices if resolve_depthwise_impl(self.impl) == "slices" else depthwise_conv_lax
+        return conv(x, kernel, self.stride, self.dilation)
+
+
+class ConvBNAct(nn.Module):
+    """Conv (dense or depthwise, no bias) -> BatchNorm -> optional activation."""
+
+    features: int
+    kernel_size: int = 1
+    stride: int = 1
+    dilation: int = 1
+    depthwise: bool = False
+    act: Optional[str] = None
+    bn_eps: float = 1e-5
+    bn_momentum: float = 0.1  # PyTorch convention: weight of the new batch statistics
+    depthwise_impl: str = "auto"
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        if self.depthwise:
+            if self.features != x.shape[-1]:
+                raise ValueError(f"depthwise conv keeps channels: {x.shape[-1]} in, {self.features} asked")
+            x = DepthwiseConv(self.kernel_size, self.stride, self.dilation, self.depthwise_impl, self.dtype,
+                              name="conv")(x)
+        else:
+            x = nn.Conv(self.features, (self.kernel_size, self.kernel_size), strides=self.stride,
+                        padding=torch_padding(self.kernel_size, self.dilation),
+                        kernel_dilation=self.dilation, use_bias=False, dtype=self.dtype,
+                        param_dtype=jnp.float32, kernel_init=conv_init, name="conv")(x)
+        # Two-pass variance: the fast E[x^2]-E[x]^2 form can go negative and NaN in training.
+        x = nn.BatchNorm(use_running_average=not train, momentum=1.0 - self.bn_momentum, epsilon=self.bn_eps,
+                         dtype=self.dtype, param_dtype=jnp.float32, use_fast_variance=False, name="bn")(x)
+        return activation(self.act)(x)
+
+
+class SqueezeExcite(nn.Module):
+    """Channel gate of MobileNetV3: pool -> 1x1 conv (bias) -> ReLU -> 1x1 conv (bias) -> hard-sigmoid."""
+
+    squeeze_features: int
+    gate: str = "hard_sigmoid"
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        scale = jnp.mean(x, axis=(1, 2), keepdims=True)
+        scale = nn.Dense(self.squeeze_features, dtype=self.dtype, param_dtype=jnp.float32, name="reduce")(scale)
+        scale = nn.relu(scale)
+        scale = nn.Dense(x.shape[-1], dtype=self.dtype, param_dtype=jnp.float32, name="expand")(scale)
+        return x * activation(self.gate)(scale)
+
+
+class InvertedResidual(nn.Module):
+    """Optional 1x1 expansion -> depthwise kxk -> optional SE -> 1x1 projection (+ skip).
+
+    With no expansion and an activated projection this is MobileNetV1's depthwise-separable
+    block; with a linear projection it is MobileNetV2's first block.
+    """
+
+    spec: Any  # architectures.BlockSpec (kept untyped to keep layers free of the tables)
+    bn_eps: float = 1e-5
+    bn_momentum: float = 0.1
+    depthwise_impl: str = "auto"
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        spec = self.spec
+        conv_bn = dict(bn_eps=self.bn_eps, bn_momentum=self.bn_momentum, dtype=self.dtype)
+        shortcut = x
+        if spec.expanded_features != spec.in_features:
+            x = ConvBNAct(spec.expanded_features, act=spec.activation, name="expand", **conv_bn)(x, train)
+        x = ConvBNAct(spec.expanded_features, spec.kernel_size, spec.stride, spec.dilation, depthwise=True,
+                      act=spec.activation, depthwise_impl=self.depthwise_impl, name="depthwise", **conv_bn)(x, train)
+        if spec.se_features:
+            x = SqueezeExcite(spec.se_features, dtype=self.dtype, name="se")(x)
+        x = ConvBNAct(spec.out_features, act=spec.project_activation, name="project", **conv_bn)(x, train)
+        if spec.residual:
+            x = x + shortcut
+        return x
