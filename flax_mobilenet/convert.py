@@ -7,6 +7,10 @@ Nothing here imports torch: tensors are taken through `.numpy()` duck typing.
 from __future__ import annotations
 
 import dataclasses
+import os
+import pickle
+import zipfile
+from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional
 
 import numpy as np
@@ -185,8 +189,8 @@ _GUESS_OVERRIDES = {
 }
 
 
-def guess_model(state_dict: Mapping[str, Any]) -> Optional[str]:
-    """'mobilenet_v3_small (reduced_tail=True)' if the keys and shapes fit a known model exactly."""
+def guess_model(state_dict: Mapping[str, Any]) -> Optional[tuple[str, dict[str, Any], int]]:
+    """(name, overrides, num_classes) of the registered model whose keys and shapes the checkpoint fits."""
     shapes = {k: tuple(v.shape) for k, v in state_dict.items() if hasattr(v, "shape")}
     given = {k for k in shapes if not k.endswith("num_batches_tracked")}
     layout = detect_layout(state_dict)
@@ -195,12 +199,19 @@ def guess_model(state_dict: Mapping[str, Any]) -> Optional[str]:
             continue
         for overrides in _GUESS_OVERRIDES.get(name, [{}]):
             spec = model_spec(name, **overrides)
-            expected = {m.torch_key: m.torch_shape
-                        for m in tensor_mappings(spec, _classes_in(state_dict, spec, layout), layout)}
+            num_classes = _classes_in(state_dict, spec, layout)
+            expected = {m.torch_key: m.torch_shape for m in tensor_mappings(spec, num_classes, layout)}
             if set(expected) == given and all(shapes[k] == s for k, s in expected.items()):
-                extra = ", ".join(f"{k}={v}" for k, v in overrides.items() if model_entry(name).defaults.get(k) != v)
-                return name + (f" ({extra})" if extra else "")
+                return name, overrides, num_classes
     return None
+
+
+def _describe(guess: tuple[str, dict[str, Any], int], requested: Optional[dict[str, Any]] = None) -> str:
+    """The guessed model, with the options that differ from `requested` (default: its defaults)."""
+    name, overrides, _ = guess
+    requested = model_entry(name).defaults if requested is None else requested
+    differing = [f"{k}={v}" for k, v in overrides.items() if requested.get(k) != v]
+    return name + (f" ({', '.join(differing)})" if differing else "")
 
 
 def convert_state_dict(name: str, state_dict: Mapping[str, Any], **overrides: Any) -> dict[str, Any]:
@@ -217,7 +228,7 @@ def convert_state_dict(name: str, state_dict: Mapping[str, Any], **overrides: An
     if layout != model_entry(name).source:
         guess = guess_model(state_dict)
         message = f"{name} takes {model_entry(name).source} checkpoints, this one has the {layout} key layout"
-        raise ConversionError(message + (f": this looks like a {guess} checkpoint" if guess else ""))
+        raise ConversionError(message + (f": this looks like a {_describe(guess)} checkpoint" if guess else ""))
     mappings = tensor_mappings(spec, num_classes, layout)
 
     variables: dict[str, dict] = {"params": {}, "batch_stats": {}}
@@ -237,24 +248,61 @@ def convert_state_dict(name: str, state_dict: Mapping[str, Any], **overrides: An
     known = {m.torch_key for m in mappings}
     unexpected = [k for k in state_dict if k not in known and not k.endswith(".num_batches_tracked")]
     if missing or mis_shaped or unexpected:
-        raise ConversionError(_mismatch_message(name, state_dict, layout, num_classes, missing, unexpected,
-                                                mis_shaped))
+        requested = {**model_entry(name).defaults, **overrides}
+        raise ConversionError(_mismatch_message(name, spec, requested, state_dict, layout, num_classes, missing,
+                                                unexpected, mis_shaped))
     return variables
 
 
-def _mismatch_message(name, state_dict, layout, num_classes, missing, unexpected, mis_shaped) -> str:
+def _mismatch_message(name, spec, requested, state_dict, layout, num_classes, missing, unexpected, mis_shaped) -> str:
     def listed(title, items):
         shown = "\n  ".join(items[:10]) + (f"\n  ... and {len(items) - 10} more" if len(items) > 10 else "")
         return f"{len(items)} {title}:\n  {shown}" if items else ""
 
-    lines = [f"checkpoint ({layout} layout) does not fit {name}"]
+    header = f"checkpoint ({layout} layout) does not fit {name}"
     guess = guess_model(state_dict)
+    if guess and (guess[0] != name or model_spec(guess[0], **guess[1]) != spec):
+        described = _describe(guess, requested if guess[0] == name else None)
+        return f"{header}: this looks like a {described} checkpoint; convert it as that model"
     if guess:
-        lines[0] += f": this looks like a {guess} checkpoint"
-    classes = [s for s in mis_shaped if s.startswith("classifier")]
-    if classes and not guess:
-        lines.append(f"hint: the classifier's size differs from num_classes={num_classes}; pass the checkpoint's "
-                     "number of classes (num_classes=N, or --num-classes N)")
-    lines += [listed("missing keys", missing), listed("unexpected keys", unexpected),
-              listed("mis-shaped keys", mis_shaped)]
+        header += (f": its classifier has {guess[2]} classes, not num_classes={num_classes}; pass "
+                   f"num_classes={guess[2]} (--num-classes {guess[2]})" if guess[2] else
+                   ": it has no classifier; pass num_classes=0")
+    lines = [header, listed("missing keys", missing), listed("unexpected keys", unexpected),
+             listed("mis-shaped keys", mis_shaped)]
     return "\n".join(line for line in lines if line)
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, Any]:
+    """Tensors of a `.pth`/`.pt`/`.bin` (PyTorch zip or pickle) or `.safetensors` file, as numpy arrays.
+
+    PyTorch files are read with `weights_only=True`: a pickle that would run code is refused.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConversionError(f"{path}: no such file")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.numpy import load_file
+        try:
+            return dict(load_file(str(path)))
+        except (SafetensorError, OSError, ValueError) as error:
+            raise ConversionError(f"{path}: not a readable safetensors file (truncated or corrupt?): {error}") \
+                from None
+    try:
+        import torch
+    except ImportError:
+        raise ConversionError(f"{path}: reading PyTorch files needs torch (pip install torch), or convert the "
+                              "file to .safetensors") from None
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConversionError(f"{path}: refused to load: the file holds Python objects beyond tensors, which "
+                              f"could run code when unpickled (weights_only=True rejected it: {first_line})") \
+            from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as error:
+        raise ConversionError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): "
+                              f"{str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}") \
+            from None
+    return {k: _to_numpy(v, k) if hasattr(v, "shape") else v for k, v in unwrap_state_dict(checkpoint).items()}
