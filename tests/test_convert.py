@@ -74,7 +74,7 @@ def test_wrapped_and_numpy_state_dicts_convert(state_dict, v3_small):
     as_numpy = {"module." + k: v.numpy() for k, v in state_dict.items()}
     variables = fm.convert_state_dict("mobilenet_v3_small", {"state_dict": as_numpy})
     images = np.random.default_rng(0).standard_normal((1, 64, 64, 3), dtype=np.float32)
-    logits = fm.create_model("mobilenet_v3_small").apply(variables, images)
+    logits = jax.jit(fm.create_model("mobilenet_v3_small").apply)(variables, images)
     np.testing.assert_allclose(logits, torch_forward(v3_small, images), rtol=0, atol=1e-4 * np.abs(logits).max())
 
 
@@ -131,7 +131,7 @@ def test_safetensors_round_trip_and_cli(tmp_path, state_dict, v3_small):
     assert '"model": "mobilenet_v3_small"' in run.stdout
     variables = fm.load_variables(output)
     images = np.random.default_rng(2).standard_normal((2, 65, 80, 3), dtype=np.float32)
-    logits = fm.create_model("mobilenet_v3_small").apply(variables, images)
+    logits = jax.jit(fm.create_model("mobilenet_v3_small").apply)(variables, images)
     np.testing.assert_allclose(logits, torch_forward(v3_small, images), rtol=0, atol=1e-4 * np.abs(logits).max())
 
     again = subprocess.run([sys.executable, str(ROOT / "convert_weights.py"), "--model", "mobilenet_v3_small",

@@ -1,0 +1,29 @@
+"""Every config builds the model it names."""
+import importlib.util
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+import flax_mobilenet as fm
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.py"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_config_builds_its_model(path):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    options = dict(config.model)
+    name = options.pop("name")
+    assert name in fm.list_models()
+    model = fm.create_model(name, **options)
+    shapes = jax.eval_shape(model.init, jax.random.key(0), np.zeros((1, 224, 224, 3), np.float32))
+    assert shapes["params"]["classifier"]["kernel"].shape[-1] == config.model.num_classes
+
+
+def test_there_is_a_config_per_core_architecture():
+    assert {p.stem for p in CONFIGS} >= {"v1", "v2", "v3_large", "v3_small"}
