@@ -59,7 +59,7 @@ def main(argv=None) -> int:
         metadata = dict(model=args.model, overrides=overrides, num_classes=num_classes, source=layout,
                         input=str(args.input.name), input_sha256=_sha256(args.input))
         fm.save_variables(args.output, variables, metadata, overwrite=args.overwrite)
-    except (ConversionError, ValueError, TypeError, FileExistsError) as error:
+    except (ConversionError, ValueError, TypeError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(f"converted {len(state_dict)} tensors of {args.input} ({layout} layout) into {args.model} "

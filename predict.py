@@ -1,0 +1,114 @@
+"""Classify images with a converted checkpoint: top-5 ImageNet labels and probabilities per image.
+
+    python predict.py --checkpoint checkpoints/mobilenet_v2 examples/cat.jpg [--json]
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+import flax_mobilenet as fm
+from flax_mobilenet.checkpoint import load_metadata
+from flax_mobilenet.preprocessing import classify, imagenet_labels, load_image, preprocess
+
+IMAGE_SIZE = 224
+
+
+def parse_args(argv=None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (anything Pillow reads)")
+    parser.add_argument("--checkpoint", required=True, type=Path, help="folder written by convert_weights.py")
+    parser.add_argument("--model", help="model name (default: the one the checkpoint's model.json names); "
+                                        f"one of: {', '.join(fm.list_models())}")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--batch-size", type=int, default=16, help="images per compiled call (default 16)")
+    parser.add_argument("--top", type=int, default=5, help="labels to show per image (default 5)")
+    args = parser.parse_args(argv)
+    if args.batch_size < 1 or args.top < 1:
+        parser.error("--batch-size and --top must be at least 1")
+    return parser, args
+
+
+def enable_compilation_cache() -> None:
+    """Reuse XLA compilations across runs: the model compiles in seconds, the cache loads in less."""
+    import jax
+
+    default = Path.home() / ".cache" / "flax_mobilenet" / "jax"
+    jax.config.update("jax_compilation_cache_dir", os.environ.get("FLAX_MOBILENET_CACHE_DIR", str(default)))
+
+
+def build_model(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[str, fm.MobileNet]:
+    """The model the checkpoint's metadata describes (name, module); --model must agree with it."""
+    try:
+        if args.model:
+            fm.model_spec(args.model)  # an unknown name fails first, with the known names
+        if not args.checkpoint.is_dir():
+            raise ValueError(f"--checkpoint {args.checkpoint}: no such folder")
+        metadata = load_metadata(args.checkpoint)
+        stored = metadata.get("model")
+        if args.model and stored and args.model != stored:
+            raise ValueError(f"--model {args.model} given, but {args.checkpoint} holds a {stored} checkpoint")
+        name = args.model or stored
+        if name is None:
+            raise ValueError(f"{args.checkpoint} has no model.json naming its model: pass --model")
+        return name, fm.create_model(name, num_classes=metadata.get("num_classes", 1000),
+                                     **metadata.get("overrides", {}))
+    except (ValueError, TypeError) as error:
+        parser.error(str(error))
+
+
+def main(argv=None) -> int:
+    parser, args = parse_args(argv)
+    name, model = build_model(parser, args)
+    try:
+        variables = fm.load_variables(args.checkpoint)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    enable_compilation_cache()
+    import flax
+    import jax
+
+    variables = jax.device_put(variables)
+    batch = jax.ShapeDtypeStruct((args.batch_size, IMAGE_SIZE, IMAGE_SIZE, 3), np.float32)
+    try:  # compile once, ahead of time; a checkpoint that does not fit the model fails here
+        compiled = jax.jit(functools.partial(model.apply, train=False)).lower(variables, batch).compile()
+    except flax.errors.FlaxError as error:
+        print(f"error: {args.checkpoint} does not fit {name}: {error}".splitlines()[0], file=sys.stderr)
+        return 2
+    apply = functools.partial(compiled, variables)
+    labels = imagenet_labels() if model.num_classes == 1000 else None
+    key = f"top{args.top}"
+    failed, results = False, []
+    for start in range(0, len(args.images), args.batch_size):
+        paths, arrays = [], []
+        for path in args.images[start:start + args.batch_size]:
+            try:
+                arrays.append(preprocess(load_image(path), IMAGE_SIZE))
+                paths.append(path)
+            except ValueError as error:
+                print(f"error: {error}", file=sys.stderr)
+                failed = True
+        if not arrays:
+            continue
+        for path, top in zip(paths, classify(apply, np.stack(arrays), args.batch_size, args.top)):
+            entry = {"image": path, key: [{"index": i, "label": labels[i] if labels else str(i), "prob": p}
+                                          for i, p in top]}
+            if args.json:
+                results.append(entry)
+            else:
+                print(path + "".join(f"\n  {x['label']} ({x['index']}): {x['prob']:.4f}" for x in entry[key]),
+                      flush=True)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
