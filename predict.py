@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import sys
@@ -15,6 +14,7 @@ import numpy as np
 
 import flax_mobilenet as fm
 from flax_mobilenet.checkpoint import load_metadata
+from flax_mobilenet.inference import compile_inference
 from flax_mobilenet.preprocessing import classify, imagenet_labels, load_image, preprocess
 
 IMAGE_SIZE = 224
@@ -63,6 +63,10 @@ def build_model(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tu
         parser.error(str(error))
 
 
+def metadata_overrides(checkpoint: Path) -> dict:
+    return load_metadata(checkpoint).get("overrides", {})
+
+
 def main(argv=None) -> int:
     parser, args = parse_args(argv)
     name, model = build_model(parser, args)
@@ -73,16 +77,13 @@ def main(argv=None) -> int:
         return 2
     enable_compilation_cache()
     import flax
-    import jax
 
-    variables = jax.device_put(variables)
-    batch = jax.ShapeDtypeStruct((args.batch_size, IMAGE_SIZE, IMAGE_SIZE, 3), np.float32)
-    try:  # compile once, ahead of time; a checkpoint that does not fit the model fails here
-        compiled = jax.jit(functools.partial(model.apply, train=False)).lower(variables, batch).compile()
-    except flax.errors.FlaxError as error:
+    try:  # compiled once, ahead of time, BatchNorm folded; a checkpoint that does not fit fails here
+        apply = compile_inference(name, variables, args.batch_size, IMAGE_SIZE,
+                                  num_classes=model.num_classes, **metadata_overrides(args.checkpoint))
+    except (flax.errors.FlaxError, KeyError, ValueError) as error:
         print(f"error: {args.checkpoint} does not fit {name}: {error}".splitlines()[0], file=sys.stderr)
         return 2
-    apply = functools.partial(compiled, variables)
     labels = imagenet_labels() if model.num_classes == 1000 else None
     key = f"top{args.top}"
     failed, results = False, []
@@ -97,6 +98,10 @@ def main(argv=None) -> int:
                 failed = True
         if not arrays:
             continue
+        if len(args.images) > args.batch_size and sys.stderr.isatty():  # progress for long interactive runs
+            done = min(start + args.batch_size, len(args.images))
+            print(f"\r{done}/{len(args.images)} images", end="\n" if done == len(args.images) else "",
+                  file=sys.stderr, flush=True)
         for path, top in zip(paths, classify(apply, np.stack(arrays), args.batch_size, args.top)):
             entry = {"image": path, key: [{"index": i, "label": labels[i] if labels else str(i), "prob": p}
                                           for i, p in top]}

@@ -95,6 +95,7 @@ class DepthwiseConv(nn.Module):
     stride: int = 1
     dilation: int = 1
     impl: str = "auto"
+    use_bias: bool = False
     dtype: Dtype = jnp.float32
 
     @nn.compact
@@ -104,11 +105,39 @@ class DepthwiseConv(nn.Module):
         x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
         x = jnp.pad(x, ((0, 0), *torch_padding(self.kernel_size, self.dilation), (0, 0)))
         conv = depthwise_conv_slices if resolve_depthwise_impl(self.impl) == "slices" else depthwise_conv_lax
-        return conv(x, kernel, self.stride, self.dilation)
+        y = conv(x, kernel, self.stride, self.dilation)
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros, (channels,), jnp.float32).astype(self.dtype)
+        return y
+
+
+class PointwiseConv(nn.Module):
+    """1x1 convolution as a matrix product over channels; kernel (1, 1, C_in, C_out) like nn.Conv.
+
+    XLA:CPU runs a dot_general markedly faster than the equivalent 1x1 convolution (V2 batch 1:
+    8.5 vs 13.4 ms end to end), and every backend differentiates it into plain matmuls.
+    """
+
+    features: int
+    use_bias: bool = False
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.param("kernel", conv_init, (1, 1, x.shape[-1], self.features), jnp.float32)
+        x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+        y = lax.dot_general(x, kernel[0, 0], (((x.ndim - 1,), (0,)), ((), ())))
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32).astype(self.dtype)
+        return y
 
 
 class ConvBNAct(nn.Module):
-    """Conv (dense or depthwise, no bias) -> BatchNorm -> optional activation."""
+    """Conv (dense or depthwise, no bias) -> BatchNorm -> optional activation.
+
+    With `fold_bn` the BatchNorm is gone and the conv has a bias: the inference form whose
+    variables `inference.fold_batchnorm` computes.
+    """
 
     features: int
     kernel_size: int = 1
@@ -119,6 +148,7 @@ class ConvBNAct(nn.Module):
     bn_eps: float = 1e-5
     bn_momentum: float = 0.1  # PyTorch convention: weight of the new batch statistics
     depthwise_impl: str = "auto"
+    fold_bn: bool = False
     dtype: Dtype = jnp.float32
 
     @nn.compact
@@ -126,13 +156,17 @@ class ConvBNAct(nn.Module):
         if self.depthwise:
             if self.features != x.shape[-1]:
                 raise ValueError(f"depthwise conv keeps channels: {x.shape[-1]} in, {self.features} asked")
-            x = DepthwiseConv(self.kernel_size, self.stride, self.dilation, self.depthwise_impl, self.dtype,
-                              name="conv")(x)
+            x = DepthwiseConv(self.kernel_size, self.stride, self.dilation, self.depthwise_impl, self.fold_bn,
+                              self.dtype, name="conv")(x)
+        elif self.kernel_size == 1 and self.stride == 1:
+            x = PointwiseConv(self.features, self.fold_bn, self.dtype, name="conv")(x)
         else:
             x = nn.Conv(self.features, (self.kernel_size, self.kernel_size), strides=self.stride,
                         padding=torch_padding(self.kernel_size, self.dilation),
-                        kernel_dilation=self.dilation, use_bias=False, dtype=self.dtype,
+                        kernel_dilation=self.dilation, use_bias=self.fold_bn, dtype=self.dtype,
                         param_dtype=jnp.float32, kernel_init=conv_init, name="conv")(x)
+        if self.fold_bn:
+            return activation(self.act)(x)
         # Two-pass variance: the fast E[x^2]-E[x]^2 form can go negative and NaN in training.
         x = nn.BatchNorm(use_running_average=not train, momentum=1.0 - self.bn_momentum, epsilon=self.bn_eps,
                          dtype=self.dtype, param_dtype=jnp.float32, use_fast_variance=False, name="bn")(x)
@@ -166,12 +200,13 @@ class InvertedResidual(nn.Module):
     bn_eps: float = 1e-5
     bn_momentum: float = 0.1
     depthwise_impl: str = "auto"
+    fold_bn: bool = False
     dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         spec = self.spec
-        conv_bn = dict(bn_eps=self.bn_eps, bn_momentum=self.bn_momentum, dtype=self.dtype)
+        conv_bn = dict(bn_eps=self.bn_eps, bn_momentum=self.bn_momentum, fold_bn=self.fold_bn, dtype=self.dtype)
         shortcut = x
         if spec.expanded_features != spec.in_features:
             x = ConvBNAct(spec.expanded_features, act=spec.activation, name="expand", **conv_bn)(x, train)

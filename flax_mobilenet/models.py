@@ -40,6 +40,7 @@ class MobileNet(nn.Module):
     dropout: float = 0.2
     feature_taps: Optional[Sequence[str]] = None
     depthwise_impl: str = "auto"
+    fold_bn: bool = False  # inference form: BatchNorm folded into conv biases (see inference.fold_batchnorm)
     dtype: Any = jnp.float32
 
     def _tap_layers(self) -> dict[int, list[str]]:
@@ -58,7 +59,7 @@ class MobileNet(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> Union[jax.Array, dict[str, jax.Array]]:
         check_images(x)
         spec = self.spec
-        common = dict(bn_eps=spec.bn_eps, bn_momentum=spec.bn_momentum, dtype=self.dtype)
+        common = dict(bn_eps=spec.bn_eps, bn_momentum=spec.bn_momentum, fold_bn=self.fold_bn, dtype=self.dtype)
         layers = [ConvBNAct(spec.stem_features, 3, 2, act=spec.stem_activation, name="features_0", **common)]
         layers += [InvertedResidual(block, depthwise_impl=self.depthwise_impl, name=f"features_{i + 1}", **common)
                    for i, block in enumerate(spec.blocks)]

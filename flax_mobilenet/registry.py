@@ -10,7 +10,7 @@ from . import architectures as arch
 from .architectures import FeatureInfo, ModelSpec
 from .models import MobileNet
 
-MODULE_OPTIONS = ("num_classes", "dropout", "feature_taps", "depthwise_impl", "dtype")
+MODULE_OPTIONS = ("num_classes", "dropout", "feature_taps", "depthwise_impl", "fold_bn", "dtype")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,70 @@
+"""compile_inference (BatchNorm folded, AOT) and the StableHLO export equal the plain model."""
+import json
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+import flax_mobilenet as fm
+from flax_mobilenet.export import export_model
+
+
+def random_variables(model, seed=0):
+    """Initialised variables with non-trivial BatchNorm statistics and affine parameters."""
+    variables = jax.tree.map(np.asarray, jax.jit(model.init)(jax.random.key(seed), np.zeros((1, 64, 64, 3), np.float32)))
+    rng = np.random.default_rng(seed)
+
+    def perturb(path, leaf):
+        name = jax.tree_util.keystr(path)
+        if "var" in name:
+            return (0.5 + rng.random(leaf.shape)).astype(np.float32)
+        if leaf.ndim == 1:
+            return (leaf + 0.1 * rng.standard_normal(leaf.shape)).astype(np.float32)
+        return leaf
+    return jax.tree_util.tree_map_with_path(perturb, variables)
+
+
+@pytest.mark.parametrize("name,overrides", [("mobilenet_v2", {}), ("mobilenet_v3_large", {"dilated": True}),
+                                            ("mobilenet_v3_small", {"num_classes": 7}), ("mobilenet_v1", {})])
+def test_compiled_folded_model_equals_model_apply(name, overrides):
+    model = fm.create_model(name, **overrides)
+    variables = random_variables(model)
+    images = np.random.default_rng(1).standard_normal((2, 96, 80, 3), dtype=np.float32)
+    expected = np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, images))
+    predict = fm.compile_inference(name, variables, batch_size=2, image_size=(96, 80), **overrides)
+    ours = np.asarray(predict(images))
+    assert np.abs(ours - expected).max() <= 1e-5 * np.abs(expected).max()
+
+
+def test_compiled_function_names_a_wrong_shape():
+    model = fm.create_model("mobilenet_v3_small")
+    predict = fm.compile_inference("mobilenet_v3_small", random_variables(model), batch_size=1, image_size=64)
+    with pytest.raises(ValueError, match=r"compiled for images of shape \(1, 64, 64, 3\)"):
+        predict(np.zeros((2, 64, 64, 3), np.float32))
+    with pytest.raises(ValueError, match="no 'batch_stats'"):
+        fm.fold_batchnorm({"params": {}}, 1e-5)
+
+
+def test_exported_artifact_runs_without_model_code(tmp_path):
+    model = fm.create_model("mobilenet_v3_small", num_classes=10)
+    variables = random_variables(model, seed=2)
+    export_model("mobilenet_v3_small", variables, tmp_path, image_size=64, num_classes=10)
+    metadata = json.loads((tmp_path / "export.json").read_text())
+    assert metadata["input"]["shape"] == ["batch", 64, 64, 3] and metadata["input"]["mean"] == [0.485, 0.456, 0.406]
+    images = np.random.default_rng(3).standard_normal((3, 64, 64, 3), dtype=np.float32)
+    np.save(tmp_path / "images.npy", images)
+    script = f"""
+import sys, numpy as np, jax
+exported = jax.export.deserialize(bytearray(open({str(tmp_path / 'model.stablehlo')!r}, 'rb').read()))
+logits = np.asarray(exported.call(np.load({str(tmp_path / 'images.npy')!r})))
+assert not any(m.startswith(('flax_mobilenet', 'flax')) for m in sys.modules), 'model code was imported'
+np.save({str(tmp_path / 'logits.npy')!r}, logits)
+"""
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    expected = np.asarray(jax.jit(model.apply)(variables, images))
+    logits = np.load(tmp_path / "logits.npy")
+    assert logits.shape == (3, 10)
+    assert np.abs(logits - expected).max() <= 1e-5 * np.abs(expected).max()
