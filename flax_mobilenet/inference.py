@@ -1,11 +1,13 @@
 """The fastest inference path: BatchNorm folded into the convs, compiled ahead of time."""
 from __future__ import annotations
 
+import os
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from .models import check_images
 from .registry import create_model
@@ -37,19 +39,36 @@ def fold_batchnorm(variables: dict[str, Any], bn_eps: float) -> dict[str, Any]:
     return {"params": fold(variables["params"], variables["batch_stats"])}
 
 
+def split_cpu_into_devices(count: int | None = None) -> None:
+    """Expose each CPU core as a JAX device (call before JAX first touches a device).
+
+    XLA:CPU runs its elementwise/depthwise loop fusions on one thread; `compile_inference` splits
+    a batch over the devices so every core works (V3-Small batch 32 on 2 cores: 130 -> 86 ms).
+    """
+    flag = f"--xla_force_host_platform_device_count={count or os.cpu_count() or 1}"
+    if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip()
+
+
 def compile_inference(name: str, variables: dict[str, Any], batch_size: int = 1, image_size: int | tuple[int, int] = 224,
                       **overrides: Any) -> Callable[[Any], jax.Array]:
     """`fn(images_nhwc_float32) -> logits`, equal to `model.apply(variables, x, train=False)`.
 
     BatchNorm is folded into the convs, the depthwise form is the backend's fastest, and the
-    function is compiled now for (batch_size, image_size, image_size, 3) float32 inputs.
+    function is compiled now for (batch_size, image_size, image_size, 3) float32 inputs.  With
+    several local devices (see `split_cpu_into_devices`) the batch is split over those it divides.
     """
     height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
     model = create_model(name, fold_bn=True, **overrides)
-    folded = jax.device_put(fold_batchnorm(variables, model.spec.bn_eps))
     shape = (batch_size, height, width, 3)
     check_images(jax.ShapeDtypeStruct(shape, jnp.float32))
-    compiled = jax.jit(lambda v, x: model.apply(v, x)).lower(folded, jax.ShapeDtypeStruct(shape, jnp.float32)).compile()
+    devices = jax.local_devices()
+    parts = max(n for n in range(1, len(devices) + 1) if batch_size % n == 0)
+    mesh = jax.make_mesh((parts,), ("batch",), devices=devices[:parts])
+    replicated, split = NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("batch"))
+    folded = jax.device_put(fold_batchnorm(variables, model.spec.bn_eps), replicated)
+    compiled = jax.jit(lambda v, x: model.apply(v, x), in_shardings=(replicated, split), out_shardings=replicated) \
+        .lower(folded, jax.ShapeDtypeStruct(shape, jnp.float32)).compile()
 
     def predict(images: Any) -> jax.Array:
         if tuple(getattr(images, "shape", ())) != shape:

@@ -68,3 +68,23 @@ np.save({str(tmp_path / 'logits.npy')!r}, logits)
     logits = np.load(tmp_path / "logits.npy")
     assert logits.shape == (3, 10)
     assert np.abs(logits - expected).max() <= 1e-5 * np.abs(expected).max()
+
+
+def test_batch_is_split_over_cpu_devices_with_equal_results():
+    script = """
+import numpy as np
+from flax_mobilenet.inference import split_cpu_into_devices
+split_cpu_into_devices(2)
+import jax, flax_mobilenet as fm
+assert len(jax.devices()) == 2
+model = fm.create_model("mobilenet_v3_small", num_classes=5)
+variables = jax.jit(model.init)(jax.random.key(0), np.zeros((1, 64, 64, 3), np.float32))
+images = np.random.default_rng(0).standard_normal((4, 64, 64, 3), dtype=np.float32)
+expected = np.asarray(jax.jit(model.apply)(variables, images))
+for batch in (4, 3):
+    got = np.asarray(fm.compile_inference("mobilenet_v3_small", variables, batch, 64, num_classes=5)(images[:batch]))
+    assert np.abs(got - expected[:batch]).max() <= 1e-5 * np.abs(expected).max(), batch
+print("ok")
+"""
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-2000:]

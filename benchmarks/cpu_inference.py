@@ -1,0 +1,123 @@
+"""CPU inference latency: flax-mobilenet (compile_inference) vs PyTorch eager vs ONNX Runtime.
+
+All three run the same torchvision weights, interleaved round by round so that machine noise hits
+them alike; we report medians and ratios.  Needs the dev requirements plus onnxruntime, onnx and
+onnxscript (pip install onnxruntime onnx onnxscript).
+
+    python benchmarks/cpu_inference.py [--models mobilenet_v2 ...] [--batches 1 32] [--rounds 20]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+import flax_mobilenet as fm  # noqa: E402
+from flax_mobilenet.inference import split_cpu_into_devices  # noqa: E402
+
+split_cpu_into_devices()  # before JAX initialises its CPU backend
+import jax  # noqa: E402
+from torch_reference import torch, tv_models  # noqa: E402  (torchvision without its CUDA-only ops)
+
+
+def cpu_description() -> tuple[str, float]:
+    """CPU model and nominal fp32 peak GFLOP/s (cores x clock x FMA lanes x 2 FMA units x 2)."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = next((l.split(":", 1)[1].strip() for l in info.splitlines() if l.startswith("model name")), platform.processor())
+    mhz = next((float(l.split(":", 1)[1]) for l in info.splitlines() if l.startswith("cpu MHz")), 0.0)
+    flags = next((l for l in info.splitlines() if l.startswith("flags")), "")
+    lanes = 16 if "avx512f" in flags else 8 if "avx2" in flags else 4
+    cores = os.cpu_count() or 1
+    return f"{model}, {cores} cores, {mhz:.0f} MHz, {'AVX-512' if lanes == 16 else 'AVX2' if lanes == 8 else 'SSE'}", \
+        cores * mhz / 1e3 * lanes * 2 * 2
+
+
+def onnx_session(model, batch: int, path: Path):
+    import onnxruntime as ort
+    example = torch.zeros(batch, 3, 224, 224)
+    torch.onnx.export(model, (example,), str(path), input_names=["images"], output_names=["logits"], dynamo=False)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = os.cpu_count() or 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def benchmark(name: str, batch: int, rounds: int, calls: int, workdir: Path) -> dict:
+    reference = getattr(tv_models, name)().eval()
+    variables = fm.convert_state_dict(name, reference.state_dict())
+    images = np.random.default_rng(0).standard_normal((batch, 224, 224, 3), dtype=np.float32)
+    images_nchw = np.ascontiguousarray(images.transpose(0, 3, 1, 2))
+
+    start = time.perf_counter()
+    ours = fm.compile_inference(name, variables, batch_size=batch, image_size=224)
+    compile_s = time.perf_counter() - start
+    session = onnx_session(reference, batch, workdir / f"{name}_{batch}.onnx")
+    images_torch = torch.from_numpy(images_nchw)
+
+    def run_ours():
+        ours(images).block_until_ready()
+
+    def run_torch():
+        with torch.inference_mode():
+            reference(images_torch)
+
+    def run_onnx():
+        session.run(None, {"images": images_nchw})
+
+    runners = {"flax-mobilenet": run_ours, "pytorch": run_torch, "onnxruntime": run_onnx}
+    expected = reference(images_torch).detach().numpy()
+    got = np.asarray(ours(images))
+    error = float(np.abs(got - expected).max() / np.abs(expected).max())
+    for run in runners.values():  # warm-up
+        run()
+    times = {k: [] for k in runners}
+    for _ in range(rounds):
+        for key, run in runners.items():
+            for _ in range(calls):
+                start = time.perf_counter()
+                run()
+                times[key].append(time.perf_counter() - start)
+    medians = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+    return dict(name=name, batch=batch, compile_s=compile_s, error=error, **medians)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small"])
+    parser.add_argument("--batches", nargs="+", type=int, default=[1, 32])
+    parser.add_argument("--rounds", type=int, default=10)
+    args = parser.parse_args()
+    torch.set_num_threads(os.cpu_count() or 1)
+    cpu, peak = cpu_description()
+    print(f"CPU: {cpu}; nominal fp32 peak {peak:.0f} GFLOP/s; jax {jax.__version__}, torch {torch.__version__}, "
+          f"onnxruntime {__import__('onnxruntime').__version__}")
+    print("| model | batch | flax-mobilenet ms | PyTorch eager ms | ONNX Runtime ms | PyTorch / ours | ours / ORT "
+          "| ours GFLOP/s (% peak) | compile s | max rel. diff |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as workdir:
+        for name in args.models:
+            for batch in args.batches:
+                r = benchmark(name, batch, args.rounds, 10 if batch == 1 else 1, Path(workdir))
+                gflop = 2 * MACS[name] * batch / 1e9
+                achieved = gflop / (r["flax-mobilenet"] / 1e3)
+                print(f"| {name} | {batch} | {r['flax-mobilenet']:.2f} | {r['pytorch']:.2f} | {r['onnxruntime']:.2f} "
+                      f"| {r['pytorch'] / r['flax-mobilenet']:.2f}x | {r['flax-mobilenet'] / r['onnxruntime']:.2f}x "
+                      f"| {achieved:.0f} ({100 * achieved / peak:.0f}%) | {r['compile_s']:.1f} | {r['error']:.1e} |",
+                      flush=True)
+
+
+# Multiply-accumulates per 224x224 image (SPEC section 3, from the references).
+MACS = {"mobilenet_v2": 301e6, "mobilenet_v3_large": 217e6, "mobilenet_v3_small": 57e6}
+
+if __name__ == "__main__":
+    main()
