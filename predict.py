@@ -14,7 +14,7 @@ import numpy as np
 
 import flax_mobilenet as fm
 from flax_mobilenet.checkpoint import load_metadata
-from flax_mobilenet.inference import compile_inference, split_cpu_into_devices
+from flax_mobilenet.inference import compile_inference
 from flax_mobilenet.preprocessing import classify, imagenet_labels, load_image, preprocess
 
 IMAGE_SIZE = 224
@@ -69,7 +69,6 @@ def metadata_overrides(checkpoint: Path) -> dict:
 
 def main(argv=None) -> int:
     parser, args = parse_args(argv)
-    split_cpu_into_devices()  # before anything initialises JAX's CPU backend
     name, model = build_model(parser, args)
     try:
         variables = fm.load_variables(args.checkpoint)

@@ -25,7 +25,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 import flax_mobilenet as fm  # noqa: E402
 from flax_mobilenet.inference import split_cpu_into_devices  # noqa: E402
 
-split_cpu_into_devices()  # before JAX initialises its CPU backend
+if "--split-devices" in sys.argv:  # before JAX initialises its CPU backend
+    split_cpu_into_devices()
 import jax  # noqa: E402
 from torch_reference import torch, tv_models  # noqa: E402  (torchvision without its CUDA-only ops)
 
@@ -96,10 +97,12 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small"])
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 32])
     parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--split-devices", action="store_true", help="one JAX device per core (see inference.py)")
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     cpu, peak = cpu_description()
-    print(f"CPU: {cpu}; nominal fp32 peak {peak:.0f} GFLOP/s; jax {jax.__version__}, torch {torch.__version__}, "
+    print(f"CPU: {cpu}; nominal fp32 peak {peak:.0f} GFLOP/s; {len(jax.devices())} JAX device(s); "
+          f"jax {jax.__version__}, torch {torch.__version__}, "
           f"onnxruntime {__import__('onnxruntime').__version__}")
     print("| model | batch | flax-mobilenet ms | PyTorch eager ms | ONNX Runtime ms | PyTorch / ours | ours / ORT "
           "| ours GFLOP/s (% peak) | compile s | max rel. diff |")

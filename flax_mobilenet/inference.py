@@ -43,7 +43,9 @@ def split_cpu_into_devices(count: int | None = None) -> None:
     """Expose each CPU core as a JAX device (call before JAX first touches a device).
 
     XLA:CPU runs its elementwise/depthwise loop fusions on one thread; `compile_inference` splits
-    a batch over the devices so every core works (V3-Small batch 32 on 2 cores: 130 -> 86 ms).
+    a batch over the devices so every core works.  Measure before using it: alone in a process,
+    V3-Small batch 32 on 2 cores went 130 -> 86 ms, but next to PyTorch/ONNX Runtime thread pools
+    (the benchmark) batch 32 got 1.6-2.5x slower, so nothing turns it on by default.
     """
     flag = f"--xla_force_host_platform_device_count={count or os.cpu_count() or 1}"
     if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
