@@ -43,8 +43,8 @@ def enable_compilation_cache() -> None:
     jax.config.update("jax_compilation_cache_dir", os.environ.get("FLAX_MOBILENET_CACHE_DIR", str(default)))
 
 
-def build_model(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[str, fm.MobileNet]:
-    """The model the checkpoint's metadata describes (name, module); --model must agree with it."""
+def resolve_model(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[str, int, dict]:
+    """(name, num_classes, overrides) from the checkpoint's model.json; --model must agree with it."""
     try:
         if args.model:
             fm.model_spec(args.model)  # an unknown name fails first, with the known names
@@ -57,19 +57,16 @@ def build_model(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tu
         name = args.model or stored
         if name is None:
             raise ValueError(f"{args.checkpoint} has no model.json naming its model: pass --model")
-        return name, fm.create_model(name, num_classes=metadata.get("num_classes", 1000),
-                                     **metadata.get("overrides", {}))
+        overrides = metadata.get("overrides", {})
+        fm.model_spec(name, **overrides)  # options the model does not take fail here
+        return name, metadata.get("num_classes", 1000), overrides
     except (ValueError, TypeError) as error:
         parser.error(str(error))
 
 
-def metadata_overrides(checkpoint: Path) -> dict:
-    return load_metadata(checkpoint).get("overrides", {})
-
-
 def main(argv=None) -> int:
     parser, args = parse_args(argv)
-    name, model = build_model(parser, args)
+    name, num_classes, overrides = resolve_model(parser, args)
     try:
         variables = fm.load_variables(args.checkpoint)
     except (FileNotFoundError, ValueError) as error:
@@ -80,11 +77,11 @@ def main(argv=None) -> int:
 
     try:  # compiled once, ahead of time, BatchNorm folded; a checkpoint that does not fit fails here
         apply = compile_inference(name, variables, args.batch_size, IMAGE_SIZE,
-                                  num_classes=model.num_classes, **metadata_overrides(args.checkpoint))
+                                  num_classes=num_classes, **overrides)
     except (flax.errors.FlaxError, KeyError, ValueError) as error:
         print(f"error: {args.checkpoint} does not fit {name}: {error}".splitlines()[0], file=sys.stderr)
         return 2
-    labels = imagenet_labels() if model.num_classes == 1000 else None
+    labels = imagenet_labels() if num_classes == 1000 else None
     key = f"top{args.top}"
     failed, results = False, []
     for start in range(0, len(args.images), args.batch_size):

@@ -9,9 +9,8 @@ from typing import Any, Callable, Optional
 import jax
 import jax.numpy as jnp
 
-from .inference import fold_batchnorm
+from .inference import folded_model
 from .preprocessing import IMAGENET_MEAN, IMAGENET_STD
-from .registry import create_model
 
 ARTIFACT_FILE = "model.stablehlo"
 METADATA_FILE = "export.json"
@@ -23,8 +22,7 @@ def export_model(name: str, variables: dict[str, Any], output: str | os.PathLike
 
     `batch_size=None` exports a batch-polymorphic function; any batch size then runs.
     """
-    model = create_model(name, fold_bn=True, **overrides)
-    folded = fold_batchnorm(variables, model.spec.bn_eps)
+    model, folded = folded_model(name, variables, **overrides)
     batch = jax.export.symbolic_shape("batch")[0] if batch_size is None else batch_size
     spec = jax.ShapeDtypeStruct((batch, image_size, image_size, 3), jnp.float32)
     exported = jax.export.export(jax.jit(lambda x: model.apply(folded, x)))(spec)

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from .models import check_images
+from .models import MobileNet, check_images
 from .registry import create_model
 
 
@@ -52,6 +52,12 @@ def split_cpu_into_devices(count: int | None = None) -> None:
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip()
 
 
+def folded_model(name: str, variables: dict[str, Any], **overrides: Any) -> tuple[MobileNet, dict[str, Any]]:
+    """The `fold_bn=True` model and its folded variables: the form every inference path runs."""
+    model = create_model(name, fold_bn=True, **overrides)
+    return model, fold_batchnorm(variables, model.spec.bn_eps)
+
+
 def compile_inference(name: str, variables: dict[str, Any], batch_size: int = 1, image_size: int | tuple[int, int] = 224,
                       **overrides: Any) -> Callable[[Any], jax.Array]:
     """`fn(images_nhwc_float32) -> logits`, equal to `model.apply(variables, x, train=False)`.
@@ -61,14 +67,14 @@ def compile_inference(name: str, variables: dict[str, Any], batch_size: int = 1,
     several local devices (see `split_cpu_into_devices`) the batch is split over those it divides.
     """
     height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
-    model = create_model(name, fold_bn=True, **overrides)
+    model, folded = folded_model(name, variables, **overrides)
     shape = (batch_size, height, width, 3)
     check_images(jax.ShapeDtypeStruct(shape, jnp.float32))
     devices = jax.local_devices()
     parts = max(n for n in range(1, len(devices) + 1) if batch_size % n == 0)
     mesh = jax.make_mesh((parts,), ("batch",), devices=devices[:parts])
     replicated, split = NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("batch"))
-    folded = jax.device_put(fold_batchnorm(variables, model.spec.bn_eps), replicated)
+    folded = jax.device_put(folded, replicated)
     compiled = jax.jit(lambda v, x: model.apply(v, x), in_shardings=(replicated, split), out_shardings=replicated) \
         .lower(folded, jax.ShapeDtypeStruct(shape, jnp.float32)).compile()
 
