@@ -1,0 +1,99 @@
+"""Training checkpoints (orbax CheckpointManager) and fine-tuning starts (`init_from`).
+
+A step's checkpoint holds the whole `TrainState` (params, batch_stats, optimizer state, EMA, step, RNG); the
+input position is the step itself, because the input pipeline can restart at any step exactly.  orbax writes
+each step into a temporary folder and renames it when complete, so a kill mid-save leaves the previous
+checkpoint as the latest.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import jax
+import orbax.checkpoint as ocp
+from flax import traverse_util
+from orbax.checkpoint.checkpoint_managers import preservation_policy as preservation
+
+from ..checkpoint import VARIABLES_DIR, load_metadata, load_variables
+
+CHECKPOINTS_DIR = "checkpoints"
+BEST_METRIC = "eval_top1"
+
+
+class TrainingCheckpoints:
+    """Keeps the last `keep` checkpoints plus the one with the best `eval_top1`; saves asynchronously."""
+
+    def __init__(self, workdir: Path, keep: int, async_save: bool = True):
+        self.directory = Path(workdir).absolute() / CHECKPOINTS_DIR
+        policy = preservation.AnyPreservationPolicy([
+            preservation.LatestN(n=keep),
+            preservation.BestN(get_metric_fn=lambda metrics: metrics[BEST_METRIC], n=1,
+                               keep_checkpoints_without_metrics=False),
+        ])
+        options = ocp.CheckpointManagerOptions(preservation_policy=policy, enable_async_checkpointing=async_save,
+                                               cleanup_tmp_directories=True)
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def latest_step(self) -> Optional[int]:
+        return self.manager.latest_step()
+
+    def best_step(self) -> Optional[int]:
+        return self.manager.best_step()
+
+    def save(self, step: int, state: Any, metrics: Optional[dict[str, float]] = None) -> None:
+        self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)), metrics=metrics,
+                          force=True)
+
+    def restore(self, step: int, like: Any) -> Any:
+        """Restore into the structure, dtypes and shardings of `like` (a state or its abstract twin)."""
+        target = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+        restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+        return restored.state
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.close()
+
+
+def read_pretrained(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Variables and metadata from a converted checkpoint (convert_weights.py) or a training workdir."""
+    source = Path(path).expanduser().absolute()
+    if (source / VARIABLES_DIR).is_dir():
+        return load_variables(source), load_metadata(source)
+    checkpoints = source / CHECKPOINTS_DIR
+    if checkpoints.is_dir():
+        manager = ocp.CheckpointManager(checkpoints, options=ocp.CheckpointManagerOptions(read_only=True))
+        step = manager.best_step() or manager.latest_step()
+        if step is None:
+            raise ValueError(f"init_from={path}: the workdir holds no finished checkpoint")
+        tree = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore())).state
+        manager.close()
+        return {"params": tree["params"], "batch_stats": tree["batch_stats"]}, load_metadata(source)
+    raise ValueError(f"init_from={path}: expected a folder written by convert_weights.py (with {VARIABLES_DIR}/) "
+                     f"or a training workdir (with {CHECKPOINTS_DIR}/)")
+
+
+def merge_pretrained(fresh: dict[str, Any], loaded: dict[str, Any], new_head: str = "classifier"
+                     ) -> tuple[dict[str, Any], list[str]]:
+    """Take every loaded tensor; only the classifier may differ in shape (a new head keeps its fresh init).
+
+    Returns the merged variables and the names of the tensors that kept their fresh initialisation.
+    """
+    fresh_flat = traverse_util.flatten_dict(fresh, sep="/")
+    loaded_flat = traverse_util.flatten_dict(loaded, sep="/")
+    missing = sorted(set(fresh_flat) - set(loaded_flat))
+    unexpected = sorted(set(loaded_flat) - set(fresh_flat))
+    mismatched = sorted(k for k in set(fresh_flat) & set(loaded_flat) if fresh_flat[k].shape != loaded_flat[k].shape)
+    kept_fresh = [k for k in mismatched if f"/{new_head}/" in f"/{k}"]
+    problems = [*(f"missing {k}" for k in missing), *(f"unexpected {k}" for k in unexpected),
+                *(f"{k}: checkpoint {loaded_flat[k].shape} vs model {fresh_flat[k].shape}"
+                  for k in mismatched if k not in kept_fresh)]
+    if problems:
+        shown = "; ".join(problems[:8]) + (f"; ... ({len(problems)} problems)" if len(problems) > 8 else "")
+        raise ValueError(f"init_from does not fit this model: {shown}")
+    merged = {k: (fresh_flat[k] if k in kept_fresh else loaded_flat[k].astype(fresh_flat[k].dtype))
+              for k in fresh_flat}
+    return traverse_util.unflatten_dict(merged, sep="/"), kept_fresh

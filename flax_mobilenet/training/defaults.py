@@ -1,0 +1,95 @@
+"""Every config key the trainer reads, with neutral defaults; `configs/*.py` set the recipes on top."""
+import ml_collections
+from ml_collections.config_dict import placeholder
+
+
+def base_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.model = ml_collections.ConfigDict(dict(
+        name="mobilenet_v3_small",
+        num_classes=-1,  # -1: the dataset's number of classes
+        dropout=0.2,
+        depthwise_impl="auto",  # 'slices' (CPU) or 'lax' (GPU/TPU) when 'auto'
+    ))
+
+    config.dataset = "imagenet2012"  # a TFDS name, 'digits', or 'folder:/path/with/one/folder/per/class'
+    config.data_dir = placeholder(str)  # TFDS data_dir (prepared with `tfds build`)
+    config.train_split = placeholder(str)  # None: 'train'
+    config.eval_split = placeholder(str)  # None: 'validation', else 'test'
+    config.shuffle_buffer_size = 16_384
+    config.image_size = 224
+    config.batch_size = 1024  # global, over all devices of all hosts
+    config.eval_batch_size = 0  # 0: batch_size
+    config.augment = ml_collections.ConfigDict(dict(
+        random_resized_crop=True,
+        crop_scale_min=0.08,
+        flip=True,
+        policy="none",  # 'none' | 'autoaugment' (ImageNet policy) | 'randaugment'
+        randaugment_num_ops=2,
+        randaugment_magnitude=9,
+        random_erasing=0.0,  # probability
+    ))
+
+    config.num_epochs = 1
+    config.num_train_steps = -1  # -1: num_epochs * (train examples // batch_size)
+    config.optimizer = ml_collections.ConfigDict(dict(
+        name="sgd",  # 'sgd' | 'rmsprop' | 'adamw'
+        momentum=0.9,
+        nesterov=False,
+        decay=0.9,  # rmsprop: torch's alpha
+        eps=1e-8,
+        b1=0.9,
+        b2=0.999,
+    ))
+    config.learning_rate = 0.1  # per base_batch_size images
+    config.base_batch_size = 256  # lr scales linearly with batch_size / base_batch_size; 0: no scaling
+    config.lr_schedule = ml_collections.ConfigDict(dict(
+        name="step",  # 'step' (x decay_rate every decay_epochs) | 'cosine' | 'constant'
+        decay_rate=1.0,
+        decay_epochs=1.0,
+        warmup_epochs=0.0,
+    ))
+    config.weight_decay = 0.0  # coupled L2, as torch's weight_decay=
+    config.weight_decay_skip_bn_bias = False
+    config.label_smoothing = 0.0
+    config.ema_decay = 0.0  # 0: no EMA of the weights; else also evaluates the EMA weights
+    config.grad_clip_norm = 0.0  # 0: no clipping
+
+    config.seed = 0
+    config.half_precision = False  # bfloat16 compute; params and optimizer state stay float32
+    config.log_every_steps = 100
+    config.eval_every_steps = 5000
+    config.checkpoint_every_steps = 1000
+    config.keep_checkpoints = 3  # the latest N, plus the best eval_top1
+    config.async_checkpointing = True
+    config.progress_bar = True
+    config.init_from = placeholder(str)  # converted or trained checkpoint to fine-tune from
+    config.eval_only = False
+    return config
+
+
+def torchvision_v3_recipe(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """torchvision's MobileNetV3 ImageNet recipe (8 GPUs x 128): RMSprop, x0.973 every 2 epochs, 600 epochs."""
+    config.batch_size = 1024
+    config.num_epochs = 600
+    config.optimizer.update(name="rmsprop", decay=0.9, momentum=0.9, eps=0.0316)
+    config.learning_rate = 0.064
+    config.base_batch_size = 1024
+    config.lr_schedule.update(name="step", decay_rate=0.973, decay_epochs=2.0)
+    config.weight_decay = 1e-5
+    config.augment.update(policy="autoaugment", random_erasing=0.2)
+    config.half_precision = True
+    return config
+
+
+def torchvision_v2_recipe(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """torchvision's MobileNetV2 ImageNet recipe (8 GPUs x 32): SGD, x0.98 every epoch, 300 epochs."""
+    config.batch_size = 256
+    config.num_epochs = 300
+    config.optimizer.update(name="sgd", momentum=0.9)
+    config.learning_rate = 0.045
+    config.base_batch_size = 256
+    config.lr_schedule.update(name="step", decay_rate=0.98, decay_epochs=1.0)
+    config.weight_decay = 4e-5
+    config.half_precision = True
+    return config

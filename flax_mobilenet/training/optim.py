@@ -1,0 +1,68 @@
+"""Learning-rate schedules and optimizers from a config, matching torchvision's reference recipes.
+
+The transforms are chained so the update equals PyTorch's: weight decay is the coupled L2 term added to the
+gradient (torch's `weight_decay=`), and the learning rate scales the update last, after RMSprop's momentum
+buffer, as in `torch.optim.RMSprop` (optax's `rmsprop` scales before the momentum trace instead).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import ml_collections
+import optax
+
+OPTIMIZERS = ("sgd", "rmsprop", "adamw")
+SCHEDULES = ("step", "cosine", "constant")
+
+
+def peak_learning_rate(config: ml_collections.ConfigDict) -> float:
+    """`learning_rate` is quoted per `base_batch_size` images and scaled linearly with the global batch."""
+    base = config.get("base_batch_size", 0)
+    return config.learning_rate * config.batch_size / base if base else config.learning_rate
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:
+    """Linear warm-up from 0, then the recipe's decay counted in whole epochs (torch steps it per epoch)."""
+    peak = peak_learning_rate(config)
+    sched = config.lr_schedule
+    warmup_steps = int(round(sched.get("warmup_epochs", 0) * steps_per_epoch))
+    if sched.name == "step":
+        main = optax.exponential_decay(peak, transition_steps=max(1, int(sched.decay_epochs * steps_per_epoch)),
+                                       decay_rate=sched.decay_rate, staircase=True)
+    elif sched.name == "cosine":
+        total = max(1, config.num_epochs * steps_per_epoch - warmup_steps)
+        main = optax.cosine_decay_schedule(peak, decay_steps=total)
+    elif sched.name == "constant":
+        main = optax.constant_schedule(peak)
+    else:
+        raise ValueError(f"unknown lr_schedule.name {sched.name!r}; choose one of {', '.join(SCHEDULES)}")
+    if not warmup_steps:
+        return main
+    warmup = optax.linear_schedule(0.0, peak, warmup_steps)
+    return optax.join_schedules([warmup, main], [warmup_steps])
+
+
+def decay_mask(params: Any, skip_bn_and_bias: bool) -> Any:
+    """Which parameters weight decay applies to: all, or only kernels (BN scale/bias and biases are 1-D)."""
+    return jax.tree.map(lambda p: not skip_bn_and_bias or p.ndim > 1, params)
+
+
+def create_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule,
+                     params: Any) -> optax.GradientTransformation:
+    opt = config.optimizer
+    mask = decay_mask(params, config.get("weight_decay_skip_bn_bias", False))
+    clip = [optax.clip_by_global_norm(config.grad_clip_norm)] if config.get("grad_clip_norm") else []
+    if opt.name == "adamw":
+        return optax.chain(*clip, optax.adamw(schedule, b1=opt.get("b1", 0.9), b2=opt.get("b2", 0.999),
+                                              eps=opt.get("eps", 1e-8), weight_decay=config.weight_decay,
+                                              mask=mask))
+    if opt.name == "sgd":
+        direction = [optax.trace(decay=opt.momentum, nesterov=opt.get("nesterov", False))]
+    elif opt.name == "rmsprop":
+        direction = [optax.scale_by_rms(decay=opt.decay, eps=opt.eps, eps_in_sqrt=False),
+                     optax.trace(decay=opt.momentum)]
+    else:
+        raise ValueError(f"unknown optimizer.name {opt.name!r}; choose one of {', '.join(OPTIMIZERS)}")
+    weight_decay = [optax.add_decayed_weights(config.weight_decay, mask)] if config.weight_decay else []
+    return optax.chain(*clip, *weight_decay, *direction, optax.scale_by_learning_rate(schedule))

@@ -1,0 +1,138 @@
+"""Optimizers, schedules, losses and the train/eval steps, checked against PyTorch's definitions."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from flax_mobilenet import create_model
+from flax_mobilenet.training import optim, steps
+from flax_mobilenet.training.checkpoints import merge_pretrained
+from flax_mobilenet.training.defaults import base_config, torchvision_v2_recipe, torchvision_v3_recipe
+
+from torch_reference import torch  # fails loudly when PyTorch is missing (CI installs it)
+
+
+def _torch_run(recipe, params, grads_per_step, steps_per_epoch):
+    """torchvision's train.py optimizer + StepLR, stepping the scheduler once per epoch."""
+    tensors = {k: torch.tensor(v, requires_grad=True) for k, v in params.items()}
+    opt = recipe.optimizer
+    lr = optim.peak_learning_rate(recipe)
+    if opt.name == "rmsprop":
+        optimizer = torch.optim.RMSprop(tensors.values(), lr=lr, alpha=opt.decay, eps=opt.eps,
+                                        momentum=opt.momentum, weight_decay=recipe.weight_decay)
+    else:
+        optimizer = torch.optim.SGD(tensors.values(), lr=lr, momentum=opt.momentum,
+                                    weight_decay=recipe.weight_decay)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=int(recipe.lr_schedule.decay_epochs),
+                                                gamma=recipe.lr_schedule.decay_rate)
+    for i, grads in enumerate(grads_per_step):
+        for k, t in tensors.items():
+            t.grad = torch.tensor(grads[k])
+        optimizer.step()
+        if (i + 1) % steps_per_epoch == 0:
+            scheduler.step()
+    return {k: t.detach().numpy() for k, t in tensors.items()}
+
+
+@pytest.mark.parametrize("recipe_fn", [torchvision_v3_recipe, torchvision_v2_recipe], ids=["rmsprop", "sgd"])
+def test_optimizer_and_schedule_match_torch(recipe_fn):
+    config = recipe_fn(base_config())
+    config.batch_size = 512  # lr scales linearly: half the recipe's batch (V3) / twice (V2)
+    config.learning_rate = 3.0  # large, so that any mismatch in the update rule shows
+    rng = np.random.default_rng(0)
+    params = {"kernel": rng.normal(size=(3, 4)).astype(np.float32), "bias": rng.normal(size=(4,)).astype(np.float32)}
+    steps_per_epoch = 2
+    grads_per_step = [{k: rng.normal(size=v.shape).astype(np.float32) for k, v in params.items()} for _ in range(9)]
+
+    schedule = optim.learning_rate_schedule(config, steps_per_epoch)
+    tx = optim.create_optimizer(config, schedule, params)
+    ours, opt_state = dict(params), tx.init(params)
+    for grads in grads_per_step:
+        updates, opt_state = tx.update(grads, opt_state, ours)
+        ours = jax.tree.map(lambda p, u: p + u, ours, updates)
+
+    reference = _torch_run(config, params, grads_per_step, steps_per_epoch)
+    for key in params:
+        np.testing.assert_allclose(np.asarray(ours[key]), reference[key], rtol=2e-5, atol=2e-6)
+    # lr is constant within an epoch and decays at epoch boundaries (StepLR semantics)
+    assert float(schedule(0)) == float(schedule(steps_per_epoch - 1)) == pytest.approx(optim.peak_learning_rate(config))
+
+
+def test_weight_decay_can_skip_batchnorm_and_biases():
+    params = {"conv": {"kernel": jnp.ones((1, 1, 2, 2))}, "bn": {"scale": jnp.ones(2), "bias": jnp.ones(2)}}
+    assert optim.decay_mask(params, skip_bn_and_bias=True) == {"conv": {"kernel": True},
+                                                               "bn": {"scale": False, "bias": False}}
+    assert all(jax.tree.leaves(optim.decay_mask(params, skip_bn_and_bias=False)))
+
+
+def test_warmup_then_cosine():
+    config = base_config()
+    config.num_epochs, config.learning_rate, config.base_batch_size = 4, 0.5, 0
+    config.lr_schedule.update(name="cosine", warmup_epochs=1.0)
+    schedule = optim.learning_rate_schedule(config, steps_per_epoch=10)
+    assert float(schedule(0)) == 0.0
+    assert float(schedule(10)) == pytest.approx(0.5)
+    assert float(schedule(40)) == pytest.approx(0.0, abs=1e-7)
+    assert 0.0 < float(schedule(25)) < 0.5
+
+
+def test_unknown_optimizer_is_named():
+    config = base_config()
+    config.optimizer.name = "lamb"
+    with pytest.raises(ValueError, match="lamb"):
+        optim.create_optimizer(config, optim.learning_rate_schedule(config, 1), {"w": jnp.ones(2)})
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_cross_entropy_matches_torch(smoothing):
+    rng = np.random.default_rng(1)
+    logits, labels = rng.normal(size=(6, 10)).astype(np.float32), rng.integers(0, 10, 6)
+    ours = float(jnp.mean(steps.cross_entropy(jnp.asarray(logits), jnp.asarray(labels), smoothing)))
+    reference = torch.nn.functional.cross_entropy(torch.tensor(logits), torch.tensor(labels),
+                                                  label_smoothing=smoothing).item()
+    assert ours == pytest.approx(reference, rel=1e-5)
+
+
+def test_train_step_learns_and_eval_counts_only_real_examples():
+    config = base_config()
+    config.optimizer.name, config.learning_rate, config.base_batch_size = "adamw", 3e-3, 0
+    config.ema_decay = 0.5
+    model = create_model("mobilenet_v3_small", num_classes=4, width_mult=0.5)
+    schedule = optim.learning_rate_schedule(config, 10)
+    rng = np.random.default_rng(2)
+    images = jnp.asarray(rng.normal(size=(8, 32, 32, 3)), jnp.float32)
+    labels = jnp.asarray(np.arange(8) % 4, jnp.int32)
+    params = jax.eval_shape(model.init, jax.random.key(0), images)["params"]
+    tx = optim.create_optimizer(config, schedule, params)
+    state = jax.jit(lambda key: steps.create_train_state(model, tx, key, 32, use_ema=True))(jax.random.key(0))
+    step = jax.jit(lambda s, b: steps.train_step(s, b, model=model, tx=tx, schedule=schedule,
+                                                 label_smoothing=0.0, ema_decay=0.5))
+    losses = []
+    for _ in range(15):
+        state, metrics = step(state, {"image": images, "label": labels})
+        losses.append(float(metrics["loss"]))
+    assert int(state.step) == 15 and int(metrics["nonfinite"]) == 0
+    assert losses[-1] < 0.5 * losses[0], losses
+    # EMA moved towards the params but is not equal to them
+    leaf = lambda tree: np.asarray(jax.tree.leaves(tree)[0])  # noqa: E731
+    assert not np.allclose(leaf(state.ema_params), leaf(state.params))
+
+    mask = jnp.asarray([1, 1, 1, 1, 1, 0, 0, 0], jnp.float32)
+    sums = jax.jit(lambda p, b, batch: steps.eval_step(p, b, batch, model=model))(
+        state.params, state.batch_stats, {"image": images, "label": labels, "mask": mask})
+    assert float(sums["count"]) == 5.0
+    assert 0.0 <= float(sums["top1"]) <= float(sums["top5"]) <= 5.0
+
+
+def test_merge_pretrained_replaces_only_the_head():
+    fresh = {"params": {"features_0": {"w": np.zeros((3, 3))}, "classifier": {"kernel": np.zeros((4, 10))}}}
+    loaded = {"params": {"features_0": {"w": np.ones((3, 3))}, "classifier": {"kernel": np.ones((4, 1000))}}}
+    merged, kept = merge_pretrained(fresh, loaded)
+    assert kept == ["params/classifier/kernel"]
+    assert merged["params"]["features_0"]["w"].sum() == 9 and merged["params"]["classifier"]["kernel"].sum() == 0
+    loaded["params"]["features_0"]["w"] = np.ones((3, 4))
+    with pytest.raises(ValueError, match="features_0/w"):
+        merge_pretrained(fresh, loaded)
+    del loaded["params"]["features_0"]
+    with pytest.raises(ValueError, match="missing params/features_0/w"):
+        merge_pretrained(fresh, loaded)
