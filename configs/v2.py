@@ -1,13 +1,12 @@
-"""mobilenet_v2: the model section (the training recipe is added with train.py)."""
+"""MobileNetV2 on ImageNet with torchvision's reference recipe (71.878% top-1 published)."""
 import ml_collections
+
+from flax_mobilenet.training.defaults import base_config, torchvision_v2_recipe
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = ml_collections.ConfigDict()
-    config.model = ml_collections.ConfigDict(dict(
-        name="mobilenet_v2",
-        num_classes=1000,
-        width_mult=1.0,
-        dropout=0.2,
-    ))
+    config = torchvision_v2_recipe(base_config())
+    config.model.update(name="mobilenet_v2", num_classes=1000, dropout=0.2)
+    config.model.width_mult = 1.0
+    config.dataset = "imagenet2012"
     return config

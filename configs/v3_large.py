@@ -1,15 +1,14 @@
-"""mobilenet_v3_large: the model section (the training recipe is added with train.py)."""
+"""MobileNetV3-Large on ImageNet with torchvision's reference recipe (74.042% top-1 published)."""
 import ml_collections
+
+from flax_mobilenet.training.defaults import base_config, torchvision_v3_recipe
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = ml_collections.ConfigDict()
-    config.model = ml_collections.ConfigDict(dict(
-        name="mobilenet_v3_large",
-        num_classes=1000,
-        width_mult=1.0,
-        reduced_tail=False,
-        dilated=False,
-        dropout=0.2,
-    ))
+    config = torchvision_v3_recipe(base_config())
+    config.model.update(name="mobilenet_v3_large", num_classes=1000, dropout=0.2)
+    config.model.width_mult = 1.0
+    config.model.reduced_tail = False
+    config.model.dilated = False
+    config.dataset = "imagenet2012"
     return config

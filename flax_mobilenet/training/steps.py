@@ -67,12 +67,15 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
         blend = lambda avg, new: ema_decay * avg + (1.0 - ema_decay) * new  # noqa: E731
         ema_params = jax.tree.map(blend, ema_params, params)
         ema_batch_stats = jax.tree.map(blend, ema_batch_stats, batch_stats)
+    grad_norm = optax.tree.norm(grads)
     metrics = {
         "loss": loss,
         "top1": jnp.mean(_topk_correct(logits, batch["label"], 1)),
         "learning_rate": schedule(state.step),
-        "grad_norm": optax.tree.norm(grads),
-        "nonfinite": (~jnp.isfinite(loss)).astype(jnp.int32),
+        "grad_norm": grad_norm,
+        # checked before every save, so a checkpoint never holds weights a NaN/inf already reached
+        "nonfinite": (~(jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(optax.tree.norm(params))
+                        )).astype(jnp.int32),
     }
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state,
                               ema_params=ema_params, ema_batch_stats=ema_batch_stats)

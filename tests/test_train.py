@@ -1,0 +1,168 @@
+"""train.py end to end: every config, data parallelism (8 devices, 2 processes), resume, bad configs."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN = str(ROOT / "train.py")
+IMAGENET_CONFIGS = ["v1", "v2", "v3_large", "v3_small"]
+
+# A small, fast digits run: the same for every run compared below.
+SMALL_RUN = ["--config.batch_size=32", "--config.num_train_steps=12", "--config.log_every_steps=1",
+             "--config.eval_every_steps=6", "--config.checkpoint_every_steps=3", "--config.progress_bar=False",
+             "--config.model.width_mult=0.5"]
+
+
+def run_train(workdir, *flags, devices=1, config="configs/v3_small_digits.py", check=True, env_extra=None,
+              **popen):
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu",
+           "TF_CPP_MIN_LOG_LEVEL": "2", **(env_extra or {})}
+    command = [sys.executable, TRAIN, f"--config={ROOT / config}", f"--workdir={workdir}", *flags]
+    if popen:
+        return subprocess.Popen(command, env=env, cwd=ROOT, **popen)
+    result = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f"train.py failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+    return result
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("name", IMAGENET_CONFIGS)
+def test_config_trains_and_evaluates_one_step_on_mock_imagenet(name, tmp_path):
+    """The published recipes (RMSprop/SGD, AutoAugment, random erasing, bf16) run a train and an eval step."""
+    import tensorflow_datasets as tfds
+
+    from flax_mobilenet.training import trainer
+    from flax_mobilenet.training.defaults import base_config
+
+    config = _load_config(name)
+    assert set(base_config().keys()) <= set(config.keys())
+    config.unlock()
+    config.update(image_size=32, batch_size=2, eval_batch_size=4, num_train_steps=1, progress_bar=False,
+                  async_checkpointing=False)
+    with tfds.testing.mock_data(num_examples=6):
+        results = trainer.train_and_evaluate(config, str(tmp_path))
+    assert results["step"] == 1 and results["eval_examples"] == 6
+    assert 0.0 <= results["eval_top1"] <= results["eval_top5"] <= 1.0
+    assert (tmp_path / "checkpoints" / "1").is_dir()
+    assert read_jsonl(tmp_path / "metrics.jsonl")[-1]["step"] == 1
+
+
+def _load_config(name):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "configs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def test_eight_devices_follow_the_single_device_trajectory(tmp_path):
+    """Same global batch over 8 simulated CPU devices: BatchNorm sees the global batch, so losses agree."""
+    run_train(tmp_path / "one", *SMALL_RUN, devices=1)
+    run_train(tmp_path / "eight", *SMALL_RUN, devices=8)
+    one, eight = read_jsonl(tmp_path / "one" / "train_metrics.jsonl"), read_jsonl(tmp_path / "eight" / "train_metrics.jsonl")
+    assert [r["step"] for r in one] == [r["step"] for r in eight] == list(range(1, 13))
+    for a, b in zip(one, eight):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4), (a, b)
+    final_one, final_eight = read_jsonl(tmp_path / "one" / "metrics.jsonl")[-1], read_jsonl(tmp_path / "eight" / "metrics.jsonl")[-1]
+    assert final_eight["eval_loss"] == pytest.approx(final_one["eval_loss"], rel=1e-3)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_agree_with_one(tmp_path):
+    """Two jax.distributed processes on localhost (1 CPU device each) train like one process with 2 devices."""
+    run_train(tmp_path / "single", *SMALL_RUN, devices=2)
+    port = _free_port()
+    procs = [run_train(tmp_path / "multi", *SMALL_RUN, f"--coordinator_address=127.0.0.1:{port}",
+                       "--num_processes=2", f"--process_id={i}", devices=1, stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n\n".join(o[-3000:] for o in outputs)
+    assert "2 process(es), 2 cpu device(s) (1 local)" in outputs[0]
+    single, multi = read_jsonl(tmp_path / "single" / "train_metrics.jsonl"), read_jsonl(tmp_path / "multi" / "train_metrics.jsonl")
+    for a, b in zip(single, multi, strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4), (a, b)
+    assert read_jsonl(tmp_path / "multi" / "metrics.jsonl")[-1]["eval_top1"] == pytest.approx(
+        read_jsonl(tmp_path / "single" / "metrics.jsonl")[-1]["eval_top1"], abs=1 / 360 + 1e-9)
+
+
+def test_sigkill_then_rerun_ends_exactly_like_an_uninterrupted_run(tmp_path):
+    run_train(tmp_path / "straight", *SMALL_RUN)
+    workdir = tmp_path / "killed"
+    proc = run_train(workdir, *SMALL_RUN, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (workdir / "checkpoints" / "6").is_dir() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = max(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    assert killed_at < 12, "the run finished before it could be killed; the test proves nothing"
+    result = run_train(workdir, *SMALL_RUN)
+    assert "resuming from" in result.stdout
+    assert read_jsonl(workdir / "metrics.jsonl") == read_jsonl(tmp_path / "straight" / "metrics.jsonl")
+    resumed_losses = [r["loss"] for r in read_jsonl(workdir / "train_metrics.jsonl")]
+    assert resumed_losses == [r["loss"] for r in read_jsonl(tmp_path / "straight" / "train_metrics.jsonl")]
+
+
+def test_sigterm_saves_and_exits_then_resumes(tmp_path):
+    proc = run_train(tmp_path, *SMALL_RUN, "--config.checkpoint_every_steps=100", stdout=subprocess.PIPE,
+                     stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while not (tmp_path / "train_metrics.jsonl").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    output = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 143, output[-3000:]
+    assert "SIGTERM: saved step" in output
+    saved = [int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
+    assert saved and max(saved) < 12
+    result = run_train(tmp_path, *SMALL_RUN, "--config.checkpoint_every_steps=100")
+    assert f"resuming from {tmp_path / 'checkpoints' / str(max(saved))}" in result.stdout
+    assert read_jsonl(tmp_path / "metrics.jsonl")[-1]["step"] == 12
+
+
+def test_divergence_stops_with_a_clear_message_and_keeps_the_good_checkpoint(tmp_path):
+    run_train(tmp_path, *SMALL_RUN, "--config.num_train_steps=6")
+    result = run_train(tmp_path, *SMALL_RUN, "--config.learning_rate=1e30", check=False)
+    assert result.returncode == 1
+    assert "training diverged (NaN/inf loss, gradient or weights) at step 7" in result.stderr, result.stderr[-3000:]
+    assert f"the last good checkpoint is step 6 in {tmp_path / 'checkpoints'}" in result.stderr
+    assert max(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == 6
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--config.model.name=mobilenet_v9"], "unknown model 'mobilenet_v9'"),
+    (["--config.dataset=no_such_dataset_xyz"], "no_such_dataset_xyz"),
+    (["--config.batch_size=30"], "batch_size=30 must be a positive multiple of the 8 devices"),
+    (["--config.model.num_classes=7"], "has 10 classes but config.model.num_classes=7"),
+])
+def test_bad_config_values_give_one_clear_error(tmp_path, flags, message):
+    result = run_train(tmp_path, *flags, devices=8, check=False)
+    assert result.returncode == 1
+    assert message in result.stderr, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+
+
+def test_unwritable_workdir_is_reported(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    result = run_train(blocker / "workdir", check=False)
+    assert result.returncode == 1
+    assert f"cannot write to workdir {blocker / 'workdir'}" in result.stderr, result.stderr[-3000:]

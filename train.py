@@ -1,0 +1,52 @@
+"""Train or evaluate a MobileNet: `python train.py --config configs/v3_small.py --workdir DIR`.
+
+Data-parallel over every device of every host.  Rerunning the same command resumes from DIR's latest
+checkpoint.  Multi-host: on Cloud TPU pods JAX finds its peers itself; elsewhere pass
+`--coordinator_address=HOST:PORT --num_processes=N --process_id=I` to every process.
+"""
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Checkpoints, metrics.jsonl and TensorBoard logs go here.", required=True)
+config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/v3_small.py.", lock_config=True)
+flags.DEFINE_string("coordinator_address", None, "Multi-host without auto-detection: HOST:PORT of process 0.")
+flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
+flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
+flags.mark_flags_as_required(["config"])
+
+
+def initialize_distributed() -> None:
+    """Join the other hosts before anything touches a device."""
+    import jax
+
+    if FLAGS.coordinator_address:
+        if FLAGS.num_processes is None or FLAGS.process_id is None:
+            raise app.UsageError("--coordinator_address needs --num_processes and --process_id")
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU collectives across processes
+        jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
+                                   num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
+    elif os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") > 0:
+        jax.distributed.initialize()  # a multi-host Cloud TPU slice: peers come from the TPU metadata
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
+    initialize_distributed()
+    from flax_mobilenet.training import trainer
+    from flax_mobilenet.training.input_pipeline import DatasetError
+
+    try:
+        trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except (trainer.ConfigError, trainer.TrainingDiverged, DatasetError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    app.run(main)
