@@ -1,0 +1,1 @@
+"""Training: input pipeline, optimizer, train/eval steps, checkpoints."""

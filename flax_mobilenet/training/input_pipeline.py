@@ -1,0 +1,328 @@
+"""Input pipeline: TFDS datasets, the embedded `digits`, and image folders as deterministic, resumable batches.
+
+Determinism is what makes resume exact: epoch e is shuffled with a seed derived from (seed, e), and every
+random augmentation of an example is drawn from stateless ops seeded by (seed, epoch, position in epoch), so
+batch k is the same whether the iterator started at 0 or at k.  TensorFlow is used only here, for tf.data.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+from pathlib import Path
+from typing import Iterator, Optional
+
+import numpy as np
+import tensorflow as tf
+
+from . import augment
+
+tf.config.set_visible_devices([], "GPU")  # the accelerators belong to JAX
+
+MEAN_RGB = np.array([0.485, 0.456, 0.406], np.float32)
+STDDEV_RGB = np.array([0.229, 0.224, 0.225], np.float32)
+EVAL_RESIZE_RATIO = 256 / 224  # torchvision: resize 256, center crop 224
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
+_DECODE_ERROR = tf.errors.InvalidArgumentError  # bound now: generators can close at interpreter exit
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be read, named with what to do about it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    num_classes: int
+    num_train: int
+    num_eval: int
+    train_split: str
+    eval_split: str
+
+
+# ------------------------------------------------------------------------------------------------- sources
+@dataclasses.dataclass
+class _InMemory:
+    """A dataset small enough to index: decoded arrays (digits) or file paths (folders), and labels."""
+
+    info: DatasetInfo
+    train: tuple[np.ndarray, np.ndarray]
+    eval: tuple[np.ndarray, np.ndarray]
+    is_files: bool
+
+
+def _digits(config) -> _InMemory:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    pixels = np.round(digits.images * (255 / 16)).astype(np.uint8)[..., None]  # 16 gray levels -> uint8
+    x_train, x_test, y_train, y_test = train_test_split(pixels, digits.target.astype(np.int32), test_size=0.2,
+                                                        random_state=0, stratify=digits.target)
+    info = DatasetInfo("digits", 10, len(y_train), len(y_test), "train", "test")
+    return _InMemory(info, (x_train, y_train), (x_test, y_test), is_files=False)
+
+
+def _list_images(root: Path, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    paths, labels = [], []
+    for label, name in enumerate(classes):
+        files = sorted(str(p) for p in (root / name).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise DatasetError(f"class folder {root / name} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        paths += files
+        labels += [label] * len(files)
+    return np.array(paths), np.array(labels, np.int32)
+
+
+def _folder(name: str) -> _InMemory:
+    root = Path(name.split(":", 1)[1]).expanduser()
+    if not root.is_dir():
+        raise DatasetError(f"dataset {name!r}: {root} is not a folder")
+    eval_dir = next((root / d for d in ("val", "validation", "test") if (root / d).is_dir()), None)
+    if (root / "train").is_dir() and eval_dir is not None:
+        classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
+        if not classes:
+            raise DatasetError(f"{root / 'train'} has no class sub-folders")
+        train, evaluation = _list_images(root / "train", classes), _list_images(eval_dir, classes)
+        splits = ("train", eval_dir.name)
+    else:
+        classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+        if not classes:
+            raise DatasetError(f"{root} has no class sub-folders (expected one folder of images per class)")
+        paths, labels = _list_images(root, classes)
+        # a fixed 90/10 split by file name, stable when files are added elsewhere
+        held_out = np.array([int(hashlib.sha1(str(Path(p).relative_to(root)).encode()).hexdigest(), 16) % 10 == 0
+                             for p in paths])
+        train, evaluation = (paths[~held_out], labels[~held_out]), (paths[held_out], labels[held_out])
+        splits = ("train (90%)", "eval (10%)")
+    info = DatasetInfo(name, len(classes), len(train[1]), len(evaluation[1]), *splits)
+    return _InMemory(info, train, evaluation, is_files=True)
+
+
+def _tfds_builder(config):
+    import tensorflow_datasets as tfds
+
+    try:
+        builder = tfds.builder(config.dataset, data_dir=config.get("data_dir"))
+        splits = builder.info.splits
+        train = config.get("train_split") or "train"
+        evaluation = config.get("eval_split") or ("validation" if "validation" in splits else "test")
+        num_train, num_eval = splits[train].num_examples, splits[evaluation].num_examples
+    except tfds.core.registered.DatasetNotFoundError as error:
+        raise DatasetError(f"unknown dataset {config.dataset!r}: use 'digits', 'folder:/path/to/images' (one "
+                           f"sub-folder per class) or a TFDS image-classification name") from error
+    except (KeyError, ValueError, AssertionError) as error:
+        raise DatasetError(f"TFDS dataset {config.dataset!r} is not prepared in {builder.data_dir}: nothing can "
+                           f"be downloaded here; prepare it with `tfds build {config.dataset} --data_dir DIR` (or "
+                           f"copy it there) and pass --config.data_dir=DIR ({error})") from error
+    features = builder.info.features
+    if "image" not in features or "label" not in features:
+        raise DatasetError(f"{config.dataset!r} is not an image-classification dataset (needs 'image' and 'label')")
+    info = DatasetInfo(config.dataset, features["label"].num_classes, num_train, num_eval, train, evaluation)
+    return builder, info
+
+
+def _source(config):
+    name = config.dataset
+    if name == "digits":
+        return _digits(config)
+    if name.startswith("folder:"):
+        return _folder(name)
+    return _tfds_builder(config)
+
+
+def dataset_info(config) -> DatasetInfo:
+    source = _source(config)
+    return source.info if isinstance(source, _InMemory) else source[1]
+
+
+# -------------------------------------------------------------------------------------------- processing
+def _decode_file(path: tf.Tensor) -> tf.Tensor:
+    data = tf.io.read_file(path)
+    return tf.io.decode_image(data, channels=3, expand_animations=False)
+
+
+def _to_rgb(image: tf.Tensor) -> tf.Tensor:
+    return tf.cond(tf.shape(image)[-1] == 1, lambda: tf.image.grayscale_to_rgb(image), lambda: image)
+
+
+def _normalize(image: tf.Tensor) -> tf.Tensor:
+    return (tf.cast(image, tf.float32) / 255.0 - MEAN_RGB) / STDDEV_RGB
+
+
+def _eval_image(image: tf.Tensor, size: int, small: bool) -> tf.Tensor:
+    """torchvision's eval transform: shorter side to size*256/224 (bilinear, antialiased), center crop."""
+    if small:  # tiny images (digits) are just resized
+        return _normalize(tf.clip_by_value(tf.image.resize(image, (size, size), antialias=True), 0, 255))
+    shape = tf.cast(tf.shape(image)[:2], tf.float32)
+    resize = float(round(size * EVAL_RESIZE_RATIO))
+    scaled = tf.cast(tf.floor(shape * resize / tf.reduce_min(shape)), tf.int32)  # torchvision truncates
+    scaled = tf.maximum(scaled, int(resize))
+    image = tf.image.resize(image, scaled, method="bilinear", antialias=True)
+    top = tf.cast(tf.round(tf.cast(scaled[0] - size, tf.float32) / 2), tf.int32)
+    left = tf.cast(tf.round(tf.cast(scaled[1] - size, tf.float32) / 2), tf.int32)
+    image = tf.clip_by_value(image[top:top + size, left:left + size], 0, 255)
+    return _normalize(tf.round(image))
+
+
+def _train_image(image: tf.Tensor, seed: tf.Tensor, config) -> tf.Tensor:
+    options = config.augment
+    seeds = tf.random.experimental.stateless_split(seed, 4)
+    size = config.image_size
+    if options.get("random_resized_crop", True):
+        image = augment.random_resized_crop(image, size, options.get("crop_scale_min", 0.08), seeds[0])
+    else:
+        image = tf.image.resize(image, (size, size), antialias=True)
+    image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+    if options.get("flip", True):
+        image = tf.image.stateless_random_flip_left_right(image, seeds[1])
+    policy = options.get("policy", "none")
+    if policy != "none":
+        image = augment.apply_policy(image, policy, seeds[2], num_ops=options.get("randaugment_num_ops", 2),
+                                     magnitude=options.get("randaugment_magnitude", 9))
+    image = _normalize(image)
+    if options.get("random_erasing", 0.0):
+        image = augment.random_erasing(image, options.random_erasing, seeds[3])
+    return image
+
+
+# ----------------------------------------------------------------------------------------------- batches
+def _local_batch_size(global_batch_size: int, process_count: int) -> int:
+    if global_batch_size % process_count:
+        raise DatasetError(f"batch size {global_batch_size} is not divisible by the {process_count} processes")
+    return global_batch_size // process_count
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return int.from_bytes(hashlib.sha256(f"{seed}/{epoch}".encode()).digest()[:4], "little")
+
+
+def _finish(ds: tf.data.Dataset, local_batch: int) -> tf.data.Dataset:
+    options = tf.data.Options()
+    options.deterministic = True
+    options.threading.private_threadpool_size = 0
+    ds = ds.batch(local_batch, drop_remainder=True, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def _to_numpy(ds: tf.data.Dataset, files: Optional[np.ndarray] = None) -> Iterator[dict[str, np.ndarray]]:
+    try:
+        yield from ds.as_numpy_iterator()
+    except _DECODE_ERROR as error:
+        raise DatasetError(f"cannot decode an image{_name_unreadable(files)}: "
+                           f"{error.message.splitlines()[0]}") from None
+
+
+def _name_unreadable(files: Optional[np.ndarray]) -> str:
+    """TF's decode error does not say which file; find it (only after a failure, so no up-front scan)."""
+    from PIL import Image
+
+    bad = []
+    for path in files if files is not None else ():
+        try:
+            with Image.open(path) as image:
+                image.convert("RGB")
+        except Exception:  # noqa: BLE001 - any failure to read means this is the file to name
+            bad.append(str(path))
+    return f" ({', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''})" if bad else ""
+
+
+def _memory_epoch(source: _InMemory, config, epoch: int, skip: int, local_batch: int, process_index: int,
+                  process_count: int, steps: int) -> tf.data.Dataset:
+    """Epoch `epoch` of an in-memory dataset, after `skip` global batches; the order ignores process_count."""
+    images, labels = source.train
+    order = np.random.default_rng(_epoch_seed(config.seed, epoch)).permutation(len(labels))
+    global_batch = local_batch * process_count
+    positions = np.arange(steps * global_batch).reshape(steps, process_count, local_batch)
+    positions = positions[skip:, process_index].reshape(-1)
+    ds = tf.data.Dataset.from_tensor_slices((order[positions], positions))
+
+    def load(index, position):
+        image = _decode_file(tf.gather(images, index)) if source.is_files else tf.gather(images, index)
+        seed = tf.stack([tf.cast(config.seed, tf.int64), tf.cast(epoch, tf.int64) * 2**32 + position])
+        return {"image": _train_image(_to_rgb(image), seed, config), "label": tf.gather(labels, index)}
+
+    return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def train_batches(config, *, global_batch_size: int, process_index: int, process_count: int,
+                  start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
+    """Endless training batches of this process's rows; batch `start_step` comes first (exact resume)."""
+    local_batch = _local_batch_size(global_batch_size, process_count)
+    source = _source(config)
+    info = source.info if isinstance(source, _InMemory) else source[1]
+    steps = info.num_train // global_batch_size
+    if steps == 0:
+        raise DatasetError(f"batch size {global_batch_size} exceeds the {info.num_train} training examples")
+    epoch, skip = divmod(start_step, steps)
+    while True:
+        if isinstance(source, _InMemory):
+            ds = _memory_epoch(source, config, epoch, skip, local_batch, process_index, process_count, steps)
+        else:
+            ds = _tfds_train_epoch(source[0], info, config, epoch, skip, local_batch, process_index, process_count,
+                                   steps)
+        files = source.train[0] if isinstance(source, _InMemory) and source.is_files else None
+        yield from _to_numpy(_finish(ds, local_batch), files)
+        epoch, skip = epoch + 1, 0
+
+
+def _tfds_train_epoch(builder, info: DatasetInfo, config, epoch: int, skip: int, local_batch: int,
+                      process_index: int, process_count: int, steps: int) -> tf.data.Dataset:
+    """Per-process file shards (scalable on pods; the order therefore depends on process_count)."""
+    import tensorflow_datasets as tfds
+
+    epoch_seed = _epoch_seed(config.seed, epoch)
+    split = tfds.even_splits(info.train_split, n=process_count, drop_remainder=True)[process_index]
+    read_config = tfds.ReadConfig(shuffle_seed=epoch_seed, interleave_cycle_length=16)
+    ds = builder.as_dataset(split=split, shuffle_files=True, read_config=read_config,
+                            decoders={"image": tfds.decode.SkipDecoding()})
+    ds = ds.shuffle(min(config.get("shuffle_buffer_size", 16_384), info.num_train), seed=epoch_seed,
+                    reshuffle_each_iteration=False)
+    ds = ds.take(steps * local_batch).enumerate().skip(skip * local_batch)
+
+    def load(position, example):
+        image = tf.io.decode_image(example["image"], channels=3, expand_animations=False)
+        seed = tf.stack([tf.cast(config.seed, tf.int64),
+                         (tf.cast(epoch, tf.int64) * 2**16 + process_index) * 2**32 + position])
+        return {"image": _train_image(image, seed, config), "label": tf.cast(example["label"], tf.int32)}
+
+    return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def eval_batches(config, *, global_batch_size: int, process_index: int, process_count: int
+                 ) -> Iterator[dict[str, np.ndarray]]:
+    """Every eval example exactly once over all processes; padding rows have mask 0. Equal batch counts."""
+    local_batch = _local_batch_size(global_batch_size, process_count)
+    source = _source(config)
+    size = config.image_size
+    if isinstance(source, _InMemory):
+        images, labels = source.eval
+        total = len(labels)
+        num_batches = math.ceil(total / global_batch_size)
+        positions = np.arange(num_batches * global_batch_size).reshape(num_batches, process_count, local_batch)
+        positions = positions[:, process_index].reshape(-1)
+        mask = (positions < total).astype(np.float32)
+        ds = tf.data.Dataset.from_tensor_slices((np.minimum(positions, total - 1), mask))
+
+        def load(index, weight):
+            image = _decode_file(tf.gather(images, index)) if source.is_files else tf.gather(images, index)
+            return {"image": _eval_image(_to_rgb(image), size, small=not source.is_files),
+                    "label": tf.gather(labels, index), "mask": weight}
+    else:
+        import tensorflow_datasets as tfds
+
+        builder, info = source
+        split = tfds.even_splits(info.eval_split, n=process_count, drop_remainder=False)[process_index]
+        per_process = math.ceil(info.num_eval / process_count)
+        num_batches = math.ceil(per_process / local_batch)
+        ds = builder.as_dataset(split=split, shuffle_files=False, decoders={"image": tfds.decode.SkipDecoding()})
+        ds = ds.map(lambda ex: (ex["image"], tf.cast(ex["label"], tf.int32), 1.0))
+        pad = tf.data.Dataset.from_tensors((tf.constant(b"", tf.string), 0, 0.0)).repeat()
+        ds = ds.concatenate(pad).take(num_batches * local_batch)
+
+        def load(encoded, label, weight):
+            image = tf.cond(weight > 0, lambda: tf.io.decode_image(encoded, channels=3, expand_animations=False),
+                            lambda: tf.zeros((size, size, 3), tf.uint8))
+            return {"image": _eval_image(image, size, small=False), "label": label, "mask": weight}
+    files = source.eval[0] if isinstance(source, _InMemory) and source.is_files else None
+    yield from _to_numpy(_finish(ds.map(load, num_parallel_calls=tf.data.AUTOTUNE), local_batch), files)
