@@ -102,12 +102,20 @@ def _folder(name: str) -> _InMemory:
 def _tfds_builder(config):
     import tensorflow_datasets as tfds
 
+    def split_size(split: str) -> int:
+        if split in builder.info.splits:
+            return builder.info.splits[split].num_examples
+        size = int(builder.as_dataset(split=split).cardinality())  # no split metadata (tfds.testing.mock_data)
+        if size < 0:
+            raise ValueError(f"the size of split {split!r} is unknown")
+        return size
+
     try:
         builder = tfds.builder(config.dataset, data_dir=config.get("data_dir"))
-        splits = builder.info.splits
         train = config.get("train_split") or "train"
-        evaluation = config.get("eval_split") or ("validation" if "validation" in splits else "test")
-        num_train, num_eval = splits[train].num_examples, splits[evaluation].num_examples
+        evaluation = config.get("eval_split") or (
+            "test" if builder.info.splits and "validation" not in builder.info.splits else "validation")
+        num_train, num_eval = split_size(train), split_size(evaluation)
     except tfds.core.registered.DatasetNotFoundError as error:
         raise DatasetError(f"unknown dataset {config.dataset!r}: use 'digits', 'folder:/path/to/images' (one "
                            f"sub-folder per class) or a TFDS image-classification name") from error
@@ -143,7 +151,7 @@ def _decode_file(path: tf.Tensor) -> tf.Tensor:
 
 
 def _to_rgb(image: tf.Tensor) -> tf.Tensor:
-    return tf.cond(tf.shape(image)[-1] == 1, lambda: tf.image.grayscale_to_rgb(image), lambda: image)
+    return tf.image.grayscale_to_rgb(image) if image.shape[-1] == 1 else image  # decoders already give RGB
 
 
 def _normalize(image: tf.Tensor) -> tf.Tensor:

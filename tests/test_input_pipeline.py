@@ -1,0 +1,152 @@
+"""The input pipeline: determinism, exact resume, process sharding, complete eval, folders, TFDS, errors."""
+import itertools
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from flax_mobilenet.training import augment, input_pipeline as ip
+from flax_mobilenet.training.defaults import base_config
+
+tf = ip.tf
+
+
+def digits_config(**augment_options):
+    config = base_config()
+    config.dataset, config.image_size, config.seed = "digits", 32, 3
+    config.augment.update(crop_scale_min=0.5, flip=False, **augment_options)
+    return config
+
+
+def take(config, n, batch=32, **kwargs):
+    kwargs = {"process_index": 0, "process_count": 1, **kwargs}
+    return list(itertools.islice(ip.train_batches(config, global_batch_size=batch, **kwargs), n))
+
+
+def test_digits_split_shapes_and_normalization():
+    config = digits_config()
+    info = ip.dataset_info(config)
+    assert (info.num_classes, info.num_train, info.num_eval) == (10, 1437, 360)
+    batch = take(config, 1)[0]
+    assert batch["image"].shape == (32, 32, 32, 3) and batch["image"].dtype == np.float32
+    assert batch["label"].dtype == np.int32 and set(batch["label"]) <= set(range(10))
+    # black background normalized with the ImageNet mean/std; white strokes reach (1 - mean) / std
+    assert batch["image"].min() == pytest.approx(-0.485 / 0.229, abs=1e-4)
+    assert batch["image"].max() <= (1 - 0.406) / 0.225 + 1e-4
+
+
+def test_train_batches_are_deterministic_and_resume_exactly_across_epochs():
+    config = digits_config(policy="randaugment", random_erasing=0.5)
+    steps_per_epoch = 1437 // 64
+    first = take(config, steps_per_epoch + 3, batch=64)
+    again = take(config, steps_per_epoch + 3, batch=64)
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a["image"], b["image"])
+    for start in (5, steps_per_epoch - 1, steps_per_epoch + 1):
+        resumed = take(config, 1, batch=64, start_step=start)[0]
+        np.testing.assert_array_equal(resumed["image"], first[start]["image"])
+        np.testing.assert_array_equal(resumed["label"], first[start]["label"])
+    # a new epoch is a new order, and another seed gives other batches
+    assert not np.array_equal(first[0]["label"], first[steps_per_epoch]["label"])
+    config.seed = 4
+    assert not np.array_equal(take(config, 1, batch=64)[0]["label"], first[0]["label"])
+
+
+def test_processes_split_each_global_batch():
+    config = digits_config()
+    whole = take(config, 2, batch=32, start_step=7)
+    parts = [take(config, 2, batch=32, start_step=7, process_index=p, process_count=2) for p in range(2)]
+    for step in range(2):
+        np.testing.assert_array_equal(np.concatenate([parts[0][step]["image"], parts[1][step]["image"]]),
+                                      whole[step]["image"])
+
+
+def test_eval_covers_every_example_once_with_masked_padding():
+    config = digits_config()
+    batches = list(ip.eval_batches(config, global_batch_size=64, process_index=0, process_count=1))
+    assert len(batches) == 6  # 360 = 5 * 64 + 40
+    assert [b["mask"].sum() for b in batches] == [64] * 5 + [40]
+    per_process = [list(ip.eval_batches(config, global_batch_size=64, process_index=p, process_count=2))
+                   for p in range(2)]
+    assert len(per_process[0]) == len(per_process[1]) == 6
+    assert sum(b["mask"].sum() for batches in per_process for b in batches) == 360
+    labels = np.concatenate([b["label"][b["mask"] > 0] for b in batches])
+    assert np.bincount(labels).tolist() == np.bincount(ip._digits(config).eval[1]).tolist()
+
+
+def test_image_folder_labels_split_and_corrupt_file(tmp_path):
+    rng = np.random.default_rng(0)
+    for name in ("zebra", "ant"):
+        (tmp_path / name).mkdir()
+        for i in range(12):
+            suffix = ".png" if i % 2 else ".jpg"
+            Image.fromarray(rng.integers(0, 255, (40 + i, 50, 3), np.uint8)).save(tmp_path / name / f"{i}{suffix}")
+    config = base_config()
+    config.dataset, config.image_size = f"folder:{tmp_path}", 32
+    info = ip.dataset_info(config)
+    assert info.num_classes == 2 and info.num_train + info.num_eval == 24 and info.num_eval > 0
+    batch = take(config, 1, batch=8)[0]
+    assert batch["image"].shape == (8, 32, 32, 3) and set(batch["label"]) <= {0, 1}  # ant=0, zebra=1
+    evaluated = list(ip.eval_batches(config, global_batch_size=4, process_index=0, process_count=1))
+    assert sum(b["mask"].sum() for b in evaluated) == info.num_eval
+
+    (tmp_path / "ant" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    with pytest.raises(ip.DatasetError, match="broken.jpg"):
+        take(config, ip.dataset_info(config).num_train, batch=1)  # a whole epoch reads every train file
+        list(ip.eval_batches(config, global_batch_size=4, process_index=0, process_count=1))
+
+
+@pytest.mark.parametrize("dataset, message", [
+    ("folder:/no/such/folder", "/no/such/folder is not a folder"),
+    ("no_such_dataset_xyz", "unknown dataset 'no_such_dataset_xyz'"),
+])
+def test_unknown_datasets_are_named(dataset, message):
+    config = base_config()
+    config.dataset = dataset
+    with pytest.raises(ip.DatasetError, match=message):
+        ip.dataset_info(config)
+
+
+def test_empty_class_folder_is_named(tmp_path):
+    (tmp_path / "cats").mkdir()
+    config = base_config()
+    config.dataset = f"folder:{tmp_path}"
+    with pytest.raises(ip.DatasetError, match="cats holds no images"):
+        ip.dataset_info(config)
+
+
+def test_tfds_mock_imagenet_train_resume_and_complete_eval():
+    import tensorflow_datasets as tfds
+
+    config = base_config()
+    config.dataset, config.image_size, config.shuffle_buffer_size = "imagenette", 64, 64
+    config.augment.update(policy="autoaugment", random_erasing=0.2)
+    with tfds.testing.mock_data(num_examples=20):
+        info = ip.dataset_info(config)
+        first = take(config, 4, batch=4)
+        resumed = take(config, 1, batch=4, start_step=3)[0]
+        evaluated = list(ip.eval_batches(config, global_batch_size=8, process_index=0, process_count=1))
+    assert first[0]["image"].shape == (4, 64, 64, 3)
+    np.testing.assert_array_equal(resumed["image"], first[3]["image"])
+    assert sum(b["mask"].sum() for b in evaluated) == info.num_eval
+    assert set(np.concatenate([b["label"] for b in first])) <= set(range(info.num_classes))
+
+
+def test_random_erasing_with_p1_zeroes_a_rectangle():
+    image = tf.ones((32, 32, 3))
+    erased = augment.random_erasing(image, 1.0, tf.constant([1, 2], tf.int64)).numpy()
+    zero_rows, zero_cols = np.where(erased[..., 0] == 0)
+    assert zero_rows.size > 0
+    box = erased[zero_rows.min():zero_rows.max() + 1, zero_cols.min():zero_cols.max() + 1]
+    assert (box == 0).all() and (erased == 1).sum() == erased.size - box.size
+
+
+@pytest.mark.parametrize("name", augment.RANDAUGMENT_OPS + ("Invert",))
+def test_every_policy_op_keeps_shape_and_dtype(name):
+    rng = np.random.default_rng(0)
+    image = tf.constant(rng.integers(0, 256, (24, 20, 3), np.uint8))
+    magnitude = tf.constant(float(augment.magnitude_bins(name, 10)[5]))
+    out = augment._op(name, image, magnitude)
+    assert out.shape == image.shape and out.dtype == tf.uint8
+    if name in ("Invert", "Solarize", "Rotate", "ShearX", "Equalize"):
+        assert not np.array_equal(out.numpy(), image.numpy())
