@@ -12,7 +12,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.image_size = 32
     config.batch_size = 64
     config.augment.update(random_resized_crop=True, crop_scale_min=0.6, flip=False)
-    config.num_epochs = 30
+    config.num_epochs = 35
     config.optimizer.update(name="adamw")
     config.learning_rate = 3e-3
     config.base_batch_size = 0
