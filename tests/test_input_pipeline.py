@@ -113,6 +113,9 @@ def test_empty_class_folder_is_named(tmp_path):
     config.dataset = f"folder:{tmp_path}"
     with pytest.raises(ip.DatasetError, match="cats holds no images"):
         ip.dataset_info(config)
+    Image.new("RGB", (8, 8)).save(tmp_path / "cats" / "only.png")  # hashed into train: no eval image left
+    with pytest.raises(ip.DatasetError, match="leaves no eval images"):
+        ip.dataset_info(config)
 
 
 def test_tfds_mock_imagenet_train_resume_and_complete_eval():
@@ -150,3 +153,21 @@ def test_every_policy_op_keeps_shape_and_dtype(name):
     assert out.shape == image.shape and out.dtype == tf.uint8
     if name in ("Invert", "Solarize", "Rotate", "ShearX", "Equalize"):
         assert not np.array_equal(out.numpy(), image.numpy())
+
+
+def test_folder_splits_and_eval_match_torchvision_preprocessing(tmp_path):
+    """train/ + val/ folders are the splits; eval images are within one uint8 level of `preprocess` (PIL)."""
+    from skimage import data as skimage_data
+
+    from flax_mobilenet.preprocessing import load_image, preprocess
+
+    for split in ("train", "val"):
+        (tmp_path / split / "cat").mkdir(parents=True)
+        Image.fromarray(skimage_data.chelsea()).save(tmp_path / split / "cat" / "chelsea.png")
+    config = base_config()
+    config.dataset, config.image_size = f"folder:{tmp_path}", 224
+    info = ip.dataset_info(config)
+    assert (info.num_train, info.num_eval, info.eval_split) == (1, 1, "val")
+    batch = next(ip.eval_batches(config, global_batch_size=1, process_index=0, process_count=1))
+    expected = preprocess(load_image(tmp_path / "val" / "cat" / "chelsea.png"), 224)
+    assert np.abs(batch["image"][0] - expected).max() <= 1 / (255 * min(ip.STDDEV_RGB)) + 1e-6

@@ -1,6 +1,7 @@
 """train.py end to end: every config, data parallelism (8 devices, 2 processes), resume, bad configs."""
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -67,15 +68,22 @@ def _load_config(name):
     return module.get_config()
 
 
-def test_eight_devices_follow_the_single_device_trajectory(tmp_path):
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+    """SMALL_RUN uninterrupted on one device: the reference the parallel and resumed runs must reproduce."""
+    workdir = tmp_path_factory.mktemp("straight")
+    run_train(workdir, *SMALL_RUN, devices=1)
+    return workdir
+
+
+def test_eight_devices_follow_the_single_device_trajectory(tmp_path, straight_run):
     """Same global batch over 8 simulated CPU devices: BatchNorm sees the global batch, so losses agree."""
-    run_train(tmp_path / "one", *SMALL_RUN, devices=1)
     run_train(tmp_path / "eight", *SMALL_RUN, devices=8)
-    one, eight = read_jsonl(tmp_path / "one" / "train_metrics.jsonl"), read_jsonl(tmp_path / "eight" / "train_metrics.jsonl")
+    one, eight = read_jsonl(straight_run / "train_metrics.jsonl"), read_jsonl(tmp_path / "eight" / "train_metrics.jsonl")
     assert [r["step"] for r in one] == [r["step"] for r in eight] == list(range(1, 13))
     for a, b in zip(one, eight):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-4), (a, b)
-    final_one, final_eight = read_jsonl(tmp_path / "one" / "metrics.jsonl")[-1], read_jsonl(tmp_path / "eight" / "metrics.jsonl")[-1]
+    final_one, final_eight = read_jsonl(straight_run / "metrics.jsonl")[-1], read_jsonl(tmp_path / "eight" / "metrics.jsonl")[-1]
     assert final_eight["eval_loss"] == pytest.approx(final_one["eval_loss"], rel=1e-3)
 
 
@@ -85,9 +93,9 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_two_processes_agree_with_one(tmp_path):
-    """Two jax.distributed processes on localhost (1 CPU device each) train like one process with 2 devices."""
-    run_train(tmp_path / "single", *SMALL_RUN, devices=2)
+def test_two_processes_agree_with_one(tmp_path, straight_run):
+    """Two jax.distributed processes on localhost (1 CPU device each) train like one process, one device."""
+    single = straight_run
     port = _free_port()
     procs = [run_train(tmp_path / "multi", *SMALL_RUN, f"--coordinator_address=127.0.0.1:{port}",
                        "--num_processes=2", f"--process_id={i}", devices=1, stdout=subprocess.PIPE,
@@ -95,15 +103,14 @@ def test_two_processes_agree_with_one(tmp_path):
     outputs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], "\n\n".join(o[-3000:] for o in outputs)
     assert "2 process(es), 2 cpu device(s) (1 local)" in outputs[0]
-    single, multi = read_jsonl(tmp_path / "single" / "train_metrics.jsonl"), read_jsonl(tmp_path / "multi" / "train_metrics.jsonl")
-    for a, b in zip(single, multi, strict=True):
+    multi = read_jsonl(tmp_path / "multi" / "train_metrics.jsonl")
+    for a, b in zip(read_jsonl(single / "train_metrics.jsonl"), multi, strict=True):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-4), (a, b)
     assert read_jsonl(tmp_path / "multi" / "metrics.jsonl")[-1]["eval_top1"] == pytest.approx(
-        read_jsonl(tmp_path / "single" / "metrics.jsonl")[-1]["eval_top1"], abs=1 / 360 + 1e-9)
+        read_jsonl(single / "metrics.jsonl")[-1]["eval_top1"], abs=1 / 360 + 1e-9)
 
 
-def test_sigkill_then_rerun_ends_exactly_like_an_uninterrupted_run(tmp_path):
-    run_train(tmp_path / "straight", *SMALL_RUN)
+def test_sigkill_then_rerun_ends_exactly_like_an_uninterrupted_run(tmp_path, straight_run):
     workdir = tmp_path / "killed"
     proc = run_train(workdir, *SMALL_RUN, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
@@ -115,12 +122,12 @@ def test_sigkill_then_rerun_ends_exactly_like_an_uninterrupted_run(tmp_path):
     assert killed_at < 12, "the run finished before it could be killed; the test proves nothing"
     result = run_train(workdir, *SMALL_RUN)
     assert "resuming from" in result.stdout
-    assert read_jsonl(workdir / "metrics.jsonl") == read_jsonl(tmp_path / "straight" / "metrics.jsonl")
+    assert read_jsonl(workdir / "metrics.jsonl") == read_jsonl(straight_run / "metrics.jsonl")
     resumed_losses = [r["loss"] for r in read_jsonl(workdir / "train_metrics.jsonl")]
-    assert resumed_losses == [r["loss"] for r in read_jsonl(tmp_path / "straight" / "train_metrics.jsonl")]
+    assert resumed_losses == [r["loss"] for r in read_jsonl(straight_run / "train_metrics.jsonl")]
 
 
-def test_sigterm_saves_and_exits_then_resumes(tmp_path):
+def test_sigterm_saves_and_exits(tmp_path):
     proc = run_train(tmp_path, *SMALL_RUN, "--config.checkpoint_every_steps=100", stdout=subprocess.PIPE,
                      stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 300
@@ -131,19 +138,17 @@ def test_sigterm_saves_and_exits_then_resumes(tmp_path):
     assert proc.returncode == 143, output[-3000:]
     assert "SIGTERM: saved step" in output
     saved = [int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
-    assert saved and max(saved) < 12
-    result = run_train(tmp_path, *SMALL_RUN, "--config.checkpoint_every_steps=100")
-    assert f"resuming from {tmp_path / 'checkpoints' / str(max(saved))}" in result.stdout
-    assert read_jsonl(tmp_path / "metrics.jsonl")[-1]["step"] == 12
+    assert saved and max(saved) < 12  # saved at the step it was told to stop (resuming is tested above)
 
 
-def test_divergence_stops_with_a_clear_message_and_keeps_the_good_checkpoint(tmp_path):
-    run_train(tmp_path, *SMALL_RUN, "--config.num_train_steps=6")
-    result = run_train(tmp_path, *SMALL_RUN, "--config.learning_rate=1e30", check=False)
+def test_divergence_stops_with_a_clear_message_and_keeps_the_good_checkpoint(tmp_path, straight_run):
+    shutil.copytree(straight_run, tmp_path, dirs_exist_ok=True)  # finished at step 12; go on with a huge lr
+    result = run_train(tmp_path, *SMALL_RUN, "--config.learning_rate=1e30", "--config.num_train_steps=18",
+                       check=False)
     assert result.returncode == 1
-    assert "training diverged (NaN/inf loss, gradient or weights) at step 7" in result.stderr, result.stderr[-3000:]
-    assert f"the last good checkpoint is step 6 in {tmp_path / 'checkpoints'}" in result.stderr
-    assert max(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == 6
+    assert "training diverged (NaN/inf loss, gradient or weights) at step 13" in result.stderr, result.stderr[-3000:]
+    assert f"the last good checkpoint is step 12 in {tmp_path / 'checkpoints'}" in result.stderr
+    assert max(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == 12
     assert "Traceback" not in result.stderr
 
 

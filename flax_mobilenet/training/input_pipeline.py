@@ -22,8 +22,7 @@ tf.config.set_visible_devices([], "GPU")  # the accelerators belong to JAX
 MEAN_RGB = np.array([0.485, 0.456, 0.406], np.float32)
 STDDEV_RGB = np.array([0.229, 0.224, 0.225], np.float32)
 EVAL_RESIZE_RATIO = 256 / 224  # torchvision: resize 256, center crop 224
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
-_DECODE_ERROR = tf.errors.InvalidArgumentError  # bound now: generators can close at interpreter exit
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp"}  # what tf.io.decode_image reads
 
 
 class DatasetError(ValueError):
@@ -95,6 +94,10 @@ def _folder(name: str) -> _InMemory:
                              for p in paths])
         train, evaluation = (paths[~held_out], labels[~held_out]), (paths[held_out], labels[held_out])
         splits = ("train (90%)", "eval (10%)")
+        if not held_out.any() or held_out.all():
+            raise DatasetError(f"{root}: the 90/10 split of its {len(paths)} images leaves "
+                               f"{'no eval' if not held_out.any() else 'no train'} images; add images, or put the "
+                               f"splits in train/ and val/ sub-folders")
     info = DatasetInfo(name, len(classes), len(train[1]), len(evaluation[1]), *splits)
     return _InMemory(info, train, evaluation, is_files=True)
 
@@ -173,6 +176,12 @@ def _eval_image(image: tf.Tensor, size: int, small: bool) -> tf.Tensor:
     return _normalize(tf.round(image))
 
 
+def _train_transform(config) -> tf.types.experimental.PolymorphicFunction:
+    """`_train_image` traced once: each epoch's Dataset.map would re-trace it, seconds for an AutoAugment graph."""
+    signature = (tf.TensorSpec([None, None, 3], tf.uint8), tf.TensorSpec([2], tf.int64))
+    return tf.function(lambda image, seed: _train_image(image, seed, config), input_signature=signature)
+
+
 def _train_image(image: tf.Tensor, seed: tf.Tensor, config) -> tf.Tensor:
     options = config.augment
     seeds = tf.random.experimental.stateless_split(seed, 4)
@@ -216,7 +225,9 @@ def _finish(ds: tf.data.Dataset, local_batch: int) -> tf.data.Dataset:
 def _to_numpy(ds: tf.data.Dataset, files: Optional[np.ndarray] = None) -> Iterator[dict[str, np.ndarray]]:
     try:
         yield from ds.as_numpy_iterator()
-    except _DECODE_ERROR as error:
+    except Exception as error:  # not `except tf.errors...`: at interpreter exit, closing needs no module globals
+        if not isinstance(error, tf.errors.InvalidArgumentError):
+            raise
         raise DatasetError(f"cannot decode an image{_name_unreadable(files)}: "
                            f"{error.message.splitlines()[0]}") from None
 
@@ -235,8 +246,8 @@ def _name_unreadable(files: Optional[np.ndarray]) -> str:
     return f" ({', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''})" if bad else ""
 
 
-def _memory_epoch(source: _InMemory, config, epoch: int, skip: int, local_batch: int, process_index: int,
-                  process_count: int, steps: int) -> tf.data.Dataset:
+def _memory_epoch(source: _InMemory, config, transform, epoch: int, skip: int, local_batch: int,
+                  process_index: int, process_count: int, steps: int) -> tf.data.Dataset:
     """Epoch `epoch` of an in-memory dataset, after `skip` global batches; the order ignores process_count."""
     images, labels = source.train
     order = np.random.default_rng(_epoch_seed(config.seed, epoch)).permutation(len(labels))
@@ -248,7 +259,7 @@ def _memory_epoch(source: _InMemory, config, epoch: int, skip: int, local_batch:
     def load(index, position):
         image = _decode_file(tf.gather(images, index)) if source.is_files else tf.gather(images, index)
         seed = tf.stack([tf.cast(config.seed, tf.int64), tf.cast(epoch, tf.int64) * 2**32 + position])
-        return {"image": _train_image(_to_rgb(image), seed, config), "label": tf.gather(labels, index)}
+        return {"image": transform(_to_rgb(image), seed), "label": tf.gather(labels, index)}
 
     return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
 
@@ -263,18 +274,20 @@ def train_batches(config, *, global_batch_size: int, process_index: int, process
     if steps == 0:
         raise DatasetError(f"batch size {global_batch_size} exceeds the {info.num_train} training examples")
     epoch, skip = divmod(start_step, steps)
+    transform = _train_transform(config)
     while True:
         if isinstance(source, _InMemory):
-            ds = _memory_epoch(source, config, epoch, skip, local_batch, process_index, process_count, steps)
+            ds = _memory_epoch(source, config, transform, epoch, skip, local_batch, process_index, process_count,
+                               steps)
         else:
-            ds = _tfds_train_epoch(source[0], info, config, epoch, skip, local_batch, process_index, process_count,
-                                   steps)
+            ds = _tfds_train_epoch(source[0], info, config, transform, epoch, skip, local_batch, process_index,
+                                   process_count, steps)
         files = source.train[0] if isinstance(source, _InMemory) and source.is_files else None
         yield from _to_numpy(_finish(ds, local_batch), files)
         epoch, skip = epoch + 1, 0
 
 
-def _tfds_train_epoch(builder, info: DatasetInfo, config, epoch: int, skip: int, local_batch: int,
+def _tfds_train_epoch(builder, info: DatasetInfo, config, transform, epoch: int, skip: int, local_batch: int,
                       process_index: int, process_count: int, steps: int) -> tf.data.Dataset:
     """Per-process file shards (scalable on pods; the order therefore depends on process_count)."""
     import tensorflow_datasets as tfds
@@ -292,7 +305,7 @@ def _tfds_train_epoch(builder, info: DatasetInfo, config, epoch: int, skip: int,
         image = tf.io.decode_image(example["image"], channels=3, expand_animations=False)
         seed = tf.stack([tf.cast(config.seed, tf.int64),
                          (tf.cast(epoch, tf.int64) * 2**16 + process_index) * 2**32 + position])
-        return {"image": _train_image(image, seed, config), "label": tf.cast(example["label"], tf.int32)}
+        return {"image": transform(image, seed), "label": tf.cast(example["label"], tf.int32)}
 
     return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
 
