@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import numpy as np
 
 import flax_mobilenet as fm
 from flax_mobilenet.checkpoint import load_metadata
-from flax_mobilenet.inference import compile_inference
+from flax_mobilenet.inference import compile_inference, enable_compilation_cache
 from flax_mobilenet.preprocessing import classify, imagenet_labels, load_image, preprocess
 
 IMAGE_SIZE = 224
@@ -33,14 +32,6 @@ def parse_args(argv=None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
     if args.batch_size < 1 or args.top < 1:
         parser.error("--batch-size and --top must be at least 1")
     return parser, args
-
-
-def enable_compilation_cache() -> None:
-    """Reuse XLA compilations across runs: the model compiles in seconds, the cache loads in less."""
-    import jax
-
-    default = Path.home() / ".cache" / "flax_mobilenet" / "jax"
-    jax.config.update("jax_compilation_cache_dir", os.environ.get("FLAX_MOBILENET_CACHE_DIR", str(default)))
 
 
 def resolve_model(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[str, int, dict]:

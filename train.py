@@ -38,9 +38,11 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
     initialize_distributed()
+    from flax_mobilenet.inference import enable_compilation_cache
     from flax_mobilenet.training import trainer
     from flax_mobilenet.training.input_pipeline import DatasetError
 
+    enable_compilation_cache()  # a resumed (preempted) run loads its compiled steps instead of compiling
     try:
         trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except (trainer.ConfigError, trainer.TrainingDiverged, DatasetError) as error:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any, Callable
 
 import jax
@@ -11,6 +12,15 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from .models import MobileNet, check_images
 from .registry import create_model
+
+CACHE_DIR_VARIABLE = "FLAX_MOBILENET_CACHE_DIR"
+
+
+def enable_compilation_cache() -> Path:
+    """JAX's persistent compilation cache for our CLIs: a rerun (or a resumed training run) loads, not compiles."""
+    directory = Path(os.environ.get(CACHE_DIR_VARIABLE) or Path.home() / ".cache" / "flax_mobilenet" / "jax")
+    jax.config.update("jax_compilation_cache_dir", str(directory))
+    return directory
 
 
 def fold_batchnorm(variables: dict[str, Any], bn_eps: float) -> dict[str, Any]:

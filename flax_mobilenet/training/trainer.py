@@ -275,7 +275,8 @@ class Trainer:
                 at_sync_point = jax.process_count() == 1 or step % config.get("log_every_steps", 50) == 0
                 if not final and at_sync_point and watch.should_stop():
                     if not do_save:
-                        self._summarize(pending, step)
+                        if pending:  # never save a diverged state: _summarize raises on NaN/inf
+                            self._summarize(pending, step)
                         self.checkpoints.save(step, state)
                     self.checkpoints.wait()
                     self.log(f"\nSIGTERM: saved step {step} to {self.checkpoints.directory}; run the same command "
