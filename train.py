@@ -50,5 +50,18 @@ def main(argv):
         sys.exit(1)
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's parsing, with a config override naming no key of the config reported in one line."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as error:
+        sys.exit(f"error: {error}\nsee: python train.py --helpfull")
+    except (AttributeError, KeyError) as error:  # ml_collections: `--config.no_such_key=...`
+        overrides = [a.split("=", 1)[0] for a in argv[1:] if a.startswith("--config.")]
+        key = str(error).strip("\"'")
+        sys.exit(f"error: the config has no key '{key}' (overrides given: {', '.join(overrides)}); the keys "
+                 f"are listed in flax_mobilenet/training/defaults.py and the config file")
+
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)
