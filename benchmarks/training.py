@@ -57,6 +57,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--torch-amp", nargs="+", choices=("none", "bf16", "fp16"), default=None,
                         help="PyTorch autocast dtype(s) to time (default none on CPU, bf16 on GPU; fp16 adds a "
                              "GradScaler); ratios are against the first")
+    parser.add_argument("--cpu-devices", type=int, default=1,
+                        help="CPU only: split the CPU into this many JAX devices and shard the batch over them, "
+                             "as train.py does over XLA_FLAGS=--xla_force_host_platform_device_count=N")
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--weight-decay", type=float, default=4e-5)
     parser.add_argument("--profile", type=int, default=0,
@@ -76,11 +79,15 @@ def parse_args() -> argparse.Namespace:
 ARGS = parse_args()
 if ARGS.device == "gpu":  # both frameworks share the GPU: JAX must not take 75% of it up front
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+elif ARGS.cpu_devices > 1:
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                               f" --xla_force_host_platform_device_count={ARGS.cpu_devices}")
 
 import jax  # noqa: E402
 
 jax.config.update("jax_platforms", "cuda" if ARGS.device == "gpu" else "cpu")
 import jax.numpy as jnp  # noqa: E402
+from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 import torch  # noqa: E402
 
 import flax_mobilenet as fm  # noqa: E402
@@ -142,13 +149,15 @@ def build_ours(name: str, batch: int, depthwise: str, dtype) -> dict:
     model = fm.create_model(name, num_classes=1000, dtype=dtype, depthwise_impl=depthwise)
     param_shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 224, 224, 3)))["params"]
     tx = optim.create_optimizer(config, schedule, param_shapes)
-    state = jax.jit(functools.partial(steps.create_train_state, model, tx, image_size=224, use_ema=False))(
-        jax.random.key(0))
+    mesh = jax.make_mesh((len(jax.devices()),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    replicated, sharded = NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("data"))
+    state = jax.jit(functools.partial(steps.create_train_state, model, tx, image_size=224, use_ema=False),
+                    out_shardings=replicated)(jax.random.key(0))
     rng = np.random.default_rng(0)
-    data = {"image": jnp.asarray(rng.standard_normal((batch, 224, 224, 3), dtype=np.float32)),
-            "label": jnp.asarray(rng.integers(0, 1000, batch), dtype=jnp.int32)}
+    data = {"image": jax.device_put(rng.standard_normal((batch, 224, 224, 3), dtype=np.float32), sharded),
+            "label": jax.device_put(rng.integers(0, 1000, batch).astype(np.int32), sharded)}
     step = jax.jit(functools.partial(steps.train_step, model=model, tx=tx, schedule=schedule, label_smoothing=0.0,
-                                     ema_decay=0.0), donate_argnums=0)
+                                     ema_decay=0.0), donate_argnums=0, out_shardings=(replicated, replicated))
     start = time.perf_counter()
     compiled = step.lower(state, data).compile()
     compile_s = time.perf_counter() - start
@@ -161,7 +170,7 @@ def build_ours(name: str, batch: int, depthwise: str, dtype) -> dict:
         jax.block_until_ready((state, metrics))
         holder["state"], holder["metrics"] = state, metrics
 
-    return dict(run=run, compile_s=compile_s, gflop_per_image=xla_flops(compiled) / batch / 1e9,
+    return dict(run=run, compile_s=compile_s, gflop_per_image=xla_flops(compiled) * len(jax.devices()) / batch / 1e9,
                 loss=lambda: float(holder["metrics"]["loss"]))
 
 
@@ -308,7 +317,7 @@ def main() -> None:
     print(f"Machine: {machine_description()}; {platform.python_version()}, jax {jax.__version__} "
           f"({jax.default_backend()}, {len(jax.devices())} device(s)), torch {torch.__version__} "
           f"(threads {torch.get_num_threads()}), {TORCHVISION}")
-    print(f"ours {ARGS.dtype} depthwise {ARGS.depthwise}; PyTorch autocast {ARGS.torch_amp}"
+    print(f"ours {ARGS.dtype} depthwise {ARGS.depthwise}, batch sharded over {len(jax.devices())} device(s); PyTorch autocast {ARGS.torch_amp}"
           f"{' (fp16 with GradScaler)' if 'fp16' in ARGS.torch_amp else ''}"
           f"{', channels_last, cudnn.benchmark' if ARGS.device == 'gpu' else ''}; SGD lr {ARGS.lr} momentum 0.9 "
           f"wd {ARGS.weight_decay}; {ARGS.warmup} warm-up steps, {ARGS.repeats} rounds x {ARGS.steps} step(s)",
