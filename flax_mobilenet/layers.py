@@ -6,6 +6,7 @@ PyTorch: XLA's 'SAME' pads (0, 1) at stride 2 and would not reproduce the refere
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Optional
 
 import flax.linen as nn
@@ -65,8 +66,7 @@ def resolve_depthwise_impl(impl: str) -> str:
     return impl
 
 
-def depthwise_conv_slices(x: jax.Array, kernel: jax.Array, stride: int, dilation: int) -> jax.Array:
-    """Depthwise conv as a sum of k*k strided slices scaled per channel (x already padded)."""
+def _sum_of_slices(x: jax.Array, kernel: jax.Array, stride: int, dilation: int) -> jax.Array:
     kh, kw = kernel.shape[:2]
     batch, height, width, channels = x.shape
     out_h = (height - dilation * (kh - 1) - 1) // stride + 1
@@ -79,6 +79,46 @@ def depthwise_conv_slices(x: jax.Array, kernel: jax.Array, stride: int, dilation
             term = lax.slice(x, start, limit, (1, stride, stride, 1)) * kernel[i, j, 0]
             out = term if out is None else out + term
     return out
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def depthwise_conv_slices(x: jax.Array, kernel: jax.Array, stride: int, dilation: int) -> jax.Array:
+    """Depthwise conv as a sum of k*k strided slices scaled per channel (x already padded).
+
+    The custom VJP only changes how the kernel gradient is computed (see `_depthwise_kernel_grad`).
+    """
+    return _sum_of_slices(x, kernel, stride, dilation)
+
+
+def _depthwise_kernel_grad(x: jax.Array, grad: jax.Array, kernel_hw: tuple[int, int], stride: int,
+                           dilation: int) -> jax.Array:
+    """dkernel[i, j] = sum of x * (grad placed at tap (i, j)'s input positions), over batch and space.
+
+    Autodiff's form, sum(slice_ij(x) * grad), is a reduction over a sliced operand, which XLA:CPU runs
+    3x slower than over whole arrays (measured: 204 vs 63 ms for a 3x3 layer at 32x56x56x144).
+    """
+    (_, height, width, _), (_, out_h, out_w, _) = x.shape, grad.shape
+    zero, taps = jnp.zeros((), grad.dtype), []
+    for i in range(kernel_hw[0]):
+        for j in range(kernel_hw[1]):
+            top, left = i * dilation, j * dilation
+            placed = lax.pad(grad, zero, [(0, 0, 0), (top, height - top - (out_h - 1) * stride - 1, stride - 1),
+                                          (left, width - left - (out_w - 1) * stride - 1, stride - 1), (0, 0, 0)])
+            taps.append(jnp.sum(x * placed, axis=(0, 1, 2)))
+    return jnp.stack(taps).reshape(*kernel_hw, 1, -1)
+
+
+def _depthwise_slices_forward(x, kernel, stride, dilation):
+    return _sum_of_slices(x, kernel, stride, dilation), (x, kernel)
+
+
+def _depthwise_slices_backward(stride, dilation, residuals, grad):
+    x, kernel = residuals
+    _, input_grad = jax.vjp(lambda x: _sum_of_slices(x, kernel, stride, dilation), x)
+    return input_grad(grad)[0], _depthwise_kernel_grad(x, grad, kernel.shape[:2], stride, dilation)
+
+
+depthwise_conv_slices.defvjp(_depthwise_slices_forward, _depthwise_slices_backward)
 
 
 def depthwise_conv_lax(x: jax.Array, kernel: jax.Array, stride: int, dilation: int) -> jax.Array:
