@@ -97,7 +97,11 @@ def straight_run(tmp_path_factory):
 
 
 def test_eight_devices_follow_the_single_device_trajectory(tmp_path, straight_run):
-    """Same global batch over 8 simulated CPU devices: BatchNorm sees the global batch, so losses agree."""
+    """Same global batch over 8 simulated CPU devices: BatchNorm sees the global batch, so losses agree.
+
+    Tolerance 1e-4 relative per step (measured 4e-5): the 12 steps are inside the lr warm-up, where per-device
+    BatchNorm statistics would still show; later, XLA:CPU's YNNPACK gradient error (README) makes runs drift.
+    """
     run_train(tmp_path / "eight", *SMALL_RUN, devices=8)
     one, eight = read_jsonl(straight_run / "train_metrics.jsonl"), read_jsonl(tmp_path / "eight" / "train_metrics.jsonl")
     assert [r["step"] for r in one] == [r["step"] for r in eight] == list(range(1, 13))
