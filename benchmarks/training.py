@@ -80,8 +80,8 @@ ARGS = parse_args()
 if ARGS.device == "gpu":  # both frameworks share the GPU: JAX must not take 75% of it up front
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 elif ARGS.cpu_devices > 1:
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                               f" --xla_force_host_platform_device_count={ARGS.cpu_devices}")
+    from flax_mobilenet.inference import split_cpu_into_devices
+    split_cpu_into_devices(ARGS.cpu_devices)
 
 import jax  # noqa: E402
 
@@ -92,6 +92,7 @@ import torch  # noqa: E402
 
 import flax_mobilenet as fm  # noqa: E402
 from flax_mobilenet.training import defaults, optim, steps  # noqa: E402
+from machine import cpu_description  # noqa: E402
 
 
 def import_torchvision_models():
@@ -114,12 +115,7 @@ tv_models, TORCHVISION = import_torchvision_models()
 def machine_description() -> str:
     if ARGS.device == "gpu":
         return f"{torch.cuda.get_device_name()} (JAX: {jax.devices()[0].device_kind}), CUDA {torch.version.cuda}"
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = next((l.split(":", 1)[1].strip() for l in info.splitlines() if l.startswith("model name")),
-                 platform.processor())
-    flags = next((l for l in info.splitlines() if l.startswith("flags")), "")
-    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
-    return f"{model}, {os.cpu_count()} cores, {isa}"
+    return cpu_description()[0]
 
 
 # ------------------------------------------------------------------------------------------------ ours

@@ -16,11 +16,10 @@ from .registry import create_model
 CACHE_DIR_VARIABLE = "FLAX_MOBILENET_CACHE_DIR"
 
 
-def enable_compilation_cache() -> Path:
+def enable_compilation_cache() -> None:
     """JAX's persistent compilation cache for our CLIs: a rerun (or a resumed training run) loads, not compiles."""
-    directory = Path(os.environ.get(CACHE_DIR_VARIABLE) or Path.home() / ".cache" / "flax_mobilenet" / "jax")
+    directory = os.environ.get(CACHE_DIR_VARIABLE) or Path.home() / ".cache" / "flax_mobilenet" / "jax"
     jax.config.update("jax_compilation_cache_dir", str(directory))
-    return directory
 
 
 def fold_batchnorm(variables: dict[str, Any], bn_eps: float) -> dict[str, Any]:
