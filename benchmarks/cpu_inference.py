@@ -72,6 +72,7 @@ def benchmark(name: str, batch: int, rounds: int, calls: int, workdir: Path) -> 
     times = {k: [] for k in runners}
     for _ in range(rounds):
         for key, run in runners.items():
+            run()  # untimed: the previous runtime's threads stop spinning, this one's caches and heap warm up
             for _ in range(calls):
                 start = time.perf_counter()
                 run()

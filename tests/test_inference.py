@@ -88,3 +88,20 @@ print("ok")
 """
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-2000:]
+
+
+def test_cpu_compiler_options_keep_the_stem_convolution_out_of_ynnpack():
+    """If this jaxlib stops accepting the options, compile_inference silently falls back: fail here instead."""
+    from flax_mobilenet.inference import CPU_COMPILER_OPTIONS
+    model = fm.create_model("mobilenet_v2", fold_bn=True)
+    variables = jax.jit(model.init)(jax.random.key(0), np.zeros((1, 64, 64, 3), np.float32))
+    lowered = jax.jit(model.apply).lower(variables, np.zeros((1, 64, 64, 3), np.float32))
+    entry = lambda text: text[text.index("ENTRY"):]  # noqa: E731  (fused computations come before it)
+    assert "convolution(" not in entry(lowered.compile().as_text()), "default: YNNPACK no longer takes the stem?"
+    assert "convolution(" in entry(lowered.compile(CPU_COMPILER_OPTIONS).as_text())
+
+
+def test_keep_freed_host_memory_applies_on_glibc():
+    import platform
+    from flax_mobilenet.inference import keep_freed_host_memory
+    assert keep_freed_host_memory() is (platform.libc_ver()[0] == "glibc")
