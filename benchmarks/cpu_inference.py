@@ -9,8 +9,10 @@ onnxscript (pip install onnxruntime onnx onnxscript).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -81,14 +83,30 @@ def benchmark(name: str, batch: int, rounds: int, calls: int, workdir: Path) -> 
     return dict(name=name, batch=batch, compile_s=compile_s, error=error, **medians)
 
 
+def run_cell_in_own_process(name: str, batch: int, args: argparse.Namespace) -> dict:
+    """A fresh process per cell: no cell inherits another's heap, thread pools or malloc settings."""
+    command = [sys.executable, __file__, "--cell", f"{name}:{batch}", "--rounds", str(args.rounds)]
+    command += ["--split-devices"] if args.split_devices else []
+    run = subprocess.run(command, capture_output=True, text=True)
+    if run.returncode != 0:
+        raise SystemExit(f"{name} batch {batch} failed:\n{run.stderr[-3000:]}")
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small"])
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 32])
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--split-devices", action="store_true", help="one JAX device per core (see inference.py)")
+    parser.add_argument("--cell", help=argparse.SUPPRESS)  # internal: one model:batch, printed as JSON
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
+    if args.cell:
+        name, batch = args.cell.split(":")
+        with tempfile.TemporaryDirectory() as workdir:
+            print(json.dumps(benchmark(name, int(batch), args.rounds, 10 if batch == "1" else 1, Path(workdir))))
+        return
     cpu, peak = cpu_description()
     print(f"CPU: {cpu}; nominal fp32 peak {peak:.0f} GFLOP/s; {len(jax.devices())} JAX device(s); "
           f"jax {jax.__version__}, torch {torch.__version__}, "
@@ -96,16 +114,15 @@ def main() -> None:
     print("| model | batch | flax-mobilenet ms | PyTorch eager ms | ONNX Runtime ms | PyTorch / ours | ours / ORT "
           "| ours GFLOP/s (% peak) | compile s | max rel. diff |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    with tempfile.TemporaryDirectory() as workdir:
-        for name in args.models:
-            for batch in args.batches:
-                r = benchmark(name, batch, args.rounds, 10 if batch == 1 else 1, Path(workdir))
-                gflop = 2 * MACS[name] * batch / 1e9
-                achieved = gflop / (r["flax-mobilenet"] / 1e3)
-                print(f"| {name} | {batch} | {r['flax-mobilenet']:.2f} | {r['pytorch']:.2f} | {r['onnxruntime']:.2f} "
-                      f"| {r['pytorch'] / r['flax-mobilenet']:.2f}x | {r['flax-mobilenet'] / r['onnxruntime']:.2f}x "
-                      f"| {achieved:.0f} ({100 * achieved / peak:.0f}%) | {r['compile_s']:.1f} | {r['error']:.1e} |",
-                      flush=True)
+    for name in args.models:
+        for batch in args.batches:
+            r = run_cell_in_own_process(name, batch, args)
+            gflop = 2 * MACS[name] * batch / 1e9
+            achieved = gflop / (r["flax-mobilenet"] / 1e3)
+            print(f"| {name} | {batch} | {r['flax-mobilenet']:.2f} | {r['pytorch']:.2f} | {r['onnxruntime']:.2f} "
+                  f"| {r['pytorch'] / r['flax-mobilenet']:.2f}x | {r['flax-mobilenet'] / r['onnxruntime']:.2f}x "
+                  f"| {achieved:.0f} ({100 * achieved / peak:.0f}%) | {r['compile_s']:.1f} | {r['error']:.1e} |",
+                  flush=True)
 
 
 # Multiply-accumulates per 224x224 image (SPEC section 3, from the references).
