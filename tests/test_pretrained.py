@@ -113,6 +113,8 @@ def test_predict_cli_end_to_end(pretrained, tmp_path):
                          cache_dir=tmp_path / "cache")
     assert result.returncode == 1, result.stderr
     assert str(corrupt) in result.stderr and "Traceback" not in result.stderr, result.stderr
+    cached = [entry for entry in (tmp_path / "cache").iterdir() if entry.stat().st_size > 10_000]
+    assert cached, "predict.py left no compiled model in its cache: the next run would compile again"
     report = json.loads(result.stdout)
     assert [entry["image"] for entry in report] == good
 
