@@ -1,5 +1,6 @@
 """compile_inference (BatchNorm folded, AOT) and the StableHLO export equal the plain model."""
 import json
+import os
 import subprocess
 import sys
 
@@ -32,9 +33,10 @@ def test_compiled_folded_model_equals_model_apply(name, overrides):
     model = fm.create_model(name, **overrides)
     variables = random_variables(model)
     images = np.random.default_rng(1).standard_normal((2, 96, 80, 3), dtype=np.float32)
-    expected = np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, images))
-    predict = fm.compile_inference(name, variables, batch_size=2, image_size=(96, 80), **overrides)
-    ours = np.asarray(predict(images))
+    with jax.default_matmul_precision("highest"):  # GPUs default to TF32, which rounds the two forms apart
+        expected = np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, images))
+        predict = fm.compile_inference(name, variables, batch_size=2, image_size=(96, 80), **overrides)
+        ours = np.asarray(predict(images))
     assert np.abs(ours - expected).max() <= 1e-5 * np.abs(expected).max()
 
 
@@ -86,16 +88,18 @@ for batch in (4, 3):
     assert np.abs(got - expected[:batch]).max() <= 1e-5 * np.abs(expected).max(), batch
 print("ok")
 """
-    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         env={**os.environ, "JAX_PLATFORMS": "cpu"})
     assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-2000:]
 
 
 def test_cpu_compiler_options_keep_the_stem_convolution_out_of_ynnpack():
     """If this jaxlib stops accepting the options, compile_inference silently falls back: fail here instead."""
     from flax_mobilenet.inference import CPU_COMPILER_OPTIONS
-    model = fm.create_model("mobilenet_v2", fold_bn=True)
-    variables = jax.jit(model.init)(jax.random.key(0), np.zeros((1, 64, 64, 3), np.float32))
-    lowered = jax.jit(model.apply).lower(variables, np.zeros((1, 64, 64, 3), np.float32))
+    model = fm.create_model("mobilenet_v2", fold_bn=True, depthwise_impl="slices")  # the CPU form
+    with jax.default_device(jax.devices("cpu")[0]):  # the options are XLA:CPU's, whatever the machine
+        variables = jax.jit(model.init)(jax.random.key(0), np.zeros((1, 64, 64, 3), np.float32))
+        lowered = jax.jit(model.apply).lower(variables, np.zeros((1, 64, 64, 3), np.float32))
     entry = lambda text: text[text.index("ENTRY"):]  # noqa: E731  (fused computations come before it)
     assert "convolution(" not in entry(lowered.compile().as_text()), "default: YNNPACK no longer takes the stem?"
     assert "convolution(" in entry(lowered.compile(CPU_COMPILER_OPTIONS).as_text())
