@@ -43,8 +43,8 @@ def keep_freed_host_memory() -> bool:
 
     XLA:CPU allocates its temporary buffers on every call.  Blocks above glibc's mmap threshold
     (32 MiB at most) are fresh mmaps whose pages fault in zero-filled on every call, which made
-    a C=96 ReLU6 over 32x56x56 take 10 ms instead of 1.7 ms and MobileNetV3-Small at batch 32
-    75 instead of 58 ms.  The cost: the process keeps its peak heap.  Returns whether it applied
+    a C=96 ReLU6 over 32x56x56 take 10.6 ms instead of 1.7 ms and MobileNetV3-Small at batch 32
+    80 instead of 64 ms.  The cost: the process keeps its peak heap.  Returns whether it applied
     (glibc only; elsewhere nothing changes).
     """
     try:
