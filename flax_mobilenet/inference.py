@@ -86,10 +86,9 @@ def fold_batchnorm(variables: dict[str, Any], bn_eps: float) -> dict[str, Any]:
 def split_cpu_into_devices(count: int | None = None) -> None:
     """Expose each CPU core as a JAX device (call before JAX first touches a device).
 
-    XLA:CPU runs its elementwise/depthwise loop fusions on one thread; `compile_inference` splits
-    a batch over the devices so every core works.  Measure before using it: alone in a process,
-    V3-Small batch 32 on 2 cores went 130 -> 86 ms, but next to PyTorch/ONNX Runtime thread pools
-    (the benchmark) batch 32 got 1.6-2.5x slower, so nothing turns it on by default.
+    `compile_inference` then splits a batch over the devices.  Measure before using it: on a 2-core
+    AMD VM alone in a process V3-Small batch 32 went 130 -> 86 ms, but on the 2-core Xeon every
+    model at batch 32 got 2x slower, so nothing turns it on by default.
     """
     flag = f"--xla_force_host_platform_device_count={count or os.cpu_count() or 1}"
     if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
@@ -107,9 +106,7 @@ def _temp_bytes(compiled: jax.stages.Compiled) -> int:
     return getattr(analysis, "temp_size_in_bytes", 0) if analysis is not None else 0
 
 
-def _compile_for_backend(lowered: jax.stages.Lowered) -> jax.stages.Compiled:
-    if jax.default_backend() != "cpu":
-        return lowered.compile()
+def _compile_for_cpu(lowered: jax.stages.Lowered) -> jax.stages.Compiled:
     try:
         return lowered.compile(CPU_COMPILER_OPTIONS)
     except jax.errors.JaxRuntimeError:  # an XLA without the option: its defaults are correct, just slower
@@ -138,9 +135,12 @@ def compile_inference(name: str, variables: dict[str, Any], batch_size: int = 1,
     folded = jax.device_put(folded, replicated)
     lowered = jax.jit(lambda v, x: model.apply(v, x), in_shardings=(replicated, split), out_shardings=replicated) \
         .lower(folded, jax.ShapeDtypeStruct(shape, jnp.float32))
-    compiled = _compile_for_backend(lowered)
-    if keep_host_memory and jax.default_backend() == "cpu" and _temp_bytes(compiled) > GLIBC_MAX_MMAP_THRESHOLD:
-        keep_freed_host_memory()
+    if jax.default_backend() != "cpu":
+        compiled = lowered.compile()
+    else:
+        compiled = _compile_for_cpu(lowered)
+        if keep_host_memory and _temp_bytes(compiled) > GLIBC_MAX_MMAP_THRESHOLD:
+            keep_freed_host_memory()
 
     def predict(images: Any) -> jax.Array:
         if tuple(getattr(images, "shape", ())) != shape:
