@@ -1,4 +1,4 @@
-"""Image loading, torchvision's ImageNet eval transform and top-k readout, in numpy + Pillow only.
+"""Image loading, the eval transform of torchvision/timm weights and top-k readout, in numpy + Pillow only.
 
 No torch, TF or even JAX here: the same code feeds any backend (a jit-ed `model.apply`, an AOT
 or exported function).  `preprocess` reproduces torchvision's `Compose([Resize(256),
@@ -15,8 +15,10 @@ from typing import Any, Callable
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from .weights import IMAGENET_MEAN, IMAGENET_STD, WeightsInfo
+
+RESAMPLING = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+
 
 
 @functools.cache
@@ -62,8 +64,10 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def preprocess(image: Image.Image, image_size: int = 224, resize_size: int | None = None) -> np.ndarray:
-    """torchvision's eval transform: bilinear resize of the shorter side, center crop, normalize.
+def preprocess(image: Image.Image, image_size: int = 224, resize_size: int | None = None,
+               interpolation: str = "bilinear", mean: tuple[float, ...] = IMAGENET_MEAN,
+               std: tuple[float, ...] = IMAGENET_STD) -> np.ndarray:
+    """Resize of the shorter side, center crop, normalize: torchvision's and timm's eval transform.
 
     Returns (image_size, image_size, 3) float32 NHWC-ready. `resize_size` defaults to
     round(image_size * 256 / 224), the usual 0.875 crop ratio (256 at 224).
@@ -79,14 +83,19 @@ def preprocess(image: Image.Image, image_size: int = 224, resize_size: int | Non
     new_short, new_long = resize_size, int(resize_size * long / short)
     new_size = (new_short, new_long) if width <= height else (new_long, new_short)
     if new_size != image.size:
-        image = image.resize(new_size, Image.Resampling.BILINEAR)
+        image = image.resize(new_size, RESAMPLING[interpolation])
     width, height = image.size
     top = int(round((height - image_size) / 2.0))
     left = int(round((width - image_size) / 2.0))
     pixels = np.asarray(image.crop((left, top, left + image_size, top + image_size)), dtype=np.float32)
     # Same float32 operations as ToTensor (x / 255) then Normalize ((x - mean) / std).
     pixels = pixels / np.float32(255)
-    return (pixels - np.asarray(IMAGENET_MEAN, np.float32)) / np.asarray(IMAGENET_STD, np.float32)
+    return (pixels - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+
+
+def preprocess_for(image: Image.Image, weights: WeightsInfo) -> np.ndarray:
+    """`preprocess` with the eval transform a model's weights expect (`flax_mobilenet.weights_info(name)`)."""
+    return preprocess(image, weights.crop_size, weights.resize_size, weights.interpolation, weights.mean, weights.std)
 
 
 def classify(logits_fn: Callable[[np.ndarray], Any], images: np.ndarray, batch_size: int,

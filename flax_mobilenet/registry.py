@@ -1,48 +1,42 @@
-"""Model names (torchvision's, and timm's for timm-trained weights) -> architecture + defaults."""
+"""Model names (torchvision's, and timm's for timm-trained weights) -> architecture, defaults, weights.
+
+Each family file in `backbones/` registers its names with `register`; nothing here knows a family.
+"""
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import functools
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
-from . import architectures as arch
-from .architectures import FeatureInfo, ModelSpec
-from .models import MobileNet
+from .backbones.builder import MobileNet
+from .backbones.spec import FeatureInfo, ModelSpec, feature_info as _feature_info
+from .weights import WeightsInfo
 
 MODULE_OPTIONS = ("num_classes", "dropout", "feature_taps", "depthwise_impl", "fold_bn", "dtype")
+SOURCES = ("torchvision", "timm")
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelEntry:
-    resolve: Callable[..., ModelSpec]  # keyword architecture options -> ModelSpec
+    resolve: Callable[..., ModelSpec]  # (source=..., **architecture options) -> ModelSpec
     defaults: dict[str, Any]  # architecture options and module options with the reference's defaults
-    source: str  # 'torchvision' | 'timm': whose checkpoints the defaults reproduce
+    source: str  # 'torchvision' | 'timm': whose checkpoints (key layout, hyper-parameters) the name reproduces
+    weights: WeightsInfo  # the eval transform and labels of the reference weights
     fixed: tuple[str, ...] = ()  # options this name pins (timm's names encode the width)
+    variants: tuple[dict[str, Any], ...] = ({},)  # overrides tried when guessing what a checkpoint is
 
 
-TORCHVISION_V3_BN = dict(bn_eps=1e-3, bn_momentum=0.01)
-TIMM_BN = dict(bn_eps=1e-5, bn_momentum=0.1)
+_REGISTRY: dict[str, ModelEntry] = {}
 
-_resolve_v3_large = functools.partial(arch.resolve_v3, arch.MOBILENET_V3_LARGE, 1280)
-_resolve_v3_small = functools.partial(arch.resolve_v3, arch.MOBILENET_V3_SMALL, 1024)
 
-_REGISTRY: dict[str, ModelEntry] = {
-    "mobilenet_v1": ModelEntry(arch.resolve_v1, dict(width_mult=1.0, dropout=0.0, **TIMM_BN), "timm"),
-    "mobilenet_v2": ModelEntry(arch.resolve_v2, dict(width_mult=1.0, dropout=0.2, **TIMM_BN), "torchvision"),
-    "mobilenet_v3_large": ModelEntry(_resolve_v3_large, dict(width_mult=1.0, reduced_tail=False, dilated=False,
-                                                             dropout=0.2, **TORCHVISION_V3_BN), "torchvision"),
-    "mobilenet_v3_small": ModelEntry(_resolve_v3_small, dict(width_mult=1.0, reduced_tail=False, dilated=False,
-                                                             dropout=0.2, **TORCHVISION_V3_BN), "torchvision"),
-    "mobilenetv1_100": ModelEntry(arch.resolve_v1, dict(width_mult=1.0, dropout=0.0, **TIMM_BN), "timm",
-                                  ("width_mult",)),
-    "mobilenetv2_100": ModelEntry(arch.resolve_v2, dict(width_mult=1.0, dropout=0.0, **TIMM_BN), "timm",
-                                  ("width_mult",)),
-    "mobilenetv3_large_100": ModelEntry(_resolve_v3_large, dict(width_mult=1.0, dropout=0.0, **TIMM_BN), "timm",
-                                        ("width_mult",)),
-    "mobilenetv3_small_100": ModelEntry(_resolve_v3_small, dict(width_mult=1.0, dropout=0.0, **TIMM_BN), "timm",
-                                        ("width_mult",)),
-}
+def register(name: str, resolve: Callable[..., ModelSpec], defaults: dict[str, Any], source: str,
+             weights: WeightsInfo, fixed: tuple[str, ...] = (), variants: tuple[dict[str, Any], ...] = ({},)) -> None:
+    """Make `name` known to create_model, convert_state_dict and the CLIs (family files call this)."""
+    if name in _REGISTRY:
+        raise ValueError(f"model {name!r} is registered twice")
+    if source not in SOURCES:
+        raise ValueError(f"{name}: source must be one of {SOURCES}, got {source!r}")
+    _REGISTRY[name] = ModelEntry(resolve, dict(defaults), source, weights, tuple(fixed), tuple(variants))
 
 
 def list_models() -> list[str]:
@@ -75,17 +69,24 @@ def _split_options(name: str, overrides: dict[str, Any]) -> tuple[dict[str, Any]
 def model_spec(name: str, **overrides: Any) -> ModelSpec:
     """The resolved architecture (every layer's channels) of `create_model(name, **overrides)`."""
     architecture, _ = _split_options(name, overrides)
-    return model_entry(name).resolve(**architecture)
+    entry = model_entry(name)
+    return entry.resolve(source=entry.source, **architecture)
 
 
-def create_model(name: str, num_classes: int | None = 1000, **overrides: Any) -> MobileNet:
+def create_model(name: str, num_classes: Optional[int] = 1000, **overrides: Any) -> MobileNet:
     """Build a registered model; overrides use torchvision's argument names (`width_mult`, ...)."""
     architecture, module_options = _split_options(name, dict(overrides, num_classes=num_classes))
     if module_options.get("feature_taps") is not None:
         module_options["feature_taps"] = tuple(module_options["feature_taps"])
-    return MobileNet(model_entry(name).resolve(**architecture), **module_options)
+    entry = model_entry(name)
+    return MobileNet(entry.resolve(source=entry.source, **architecture), **module_options)
 
 
 def feature_info(name: str, **overrides: Any) -> dict[str, FeatureInfo]:
     """Tappable feature maps (name, layer, stride, channels) of a model, without running it."""
-    return arch.feature_info(model_spec(name, **overrides))
+    return _feature_info(model_spec(name, **overrides))
+
+
+def weights_info(name: str) -> WeightsInfo:
+    """The eval preprocessing (resize, crop, interpolation, mean/std) and labels of `name`'s reference weights."""
+    return model_entry(name).weights

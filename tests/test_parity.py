@@ -6,7 +6,7 @@ import pytest
 from torch_reference import randomize_, timm, torch_features, torch_forward, tv_models
 
 import flax_mobilenet as fm
-from flax_mobilenet.architectures import feature_info
+from flax_mobilenet.backbones.spec import feature_info
 
 from timm.models.efficientnet import _gen_mobilenet_v1
 
@@ -68,7 +68,7 @@ def test_param_counts_equal_reference():
                   **{n: timm.create_model(n) for n in ("mobilenetv1_100", "mobilenetv2_100",
                                                        "mobilenetv3_large_100", "mobilenetv3_small_100")}}
     references["mobilenet_v1"] = references["mobilenetv1_100"]
-    assert set(references) == set(fm.list_models())
+    assert set(references) <= set(fm.list_models())  # the other families check theirs in their own files
     for name, reference in references.items():
         shapes = jax.eval_shape(fm.create_model(name).init, jax.random.key(0), np.zeros((1, 224, 224, 3), np.float32))
         ours = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes["params"]))

@@ -12,8 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from .models import MobileNet, check_images
-from .registry import create_model
+from ..backbones.builder import MobileNet, check_images
+from ..registry import create_model
+from .fold import batchnorm_eps, fold_batchnorm
 
 CACHE_DIR_VARIABLE = "FLAX_MOBILENET_CACHE_DIR"
 MIN_CACHED_COMPILE_SECONDS = 0.3
@@ -57,32 +58,6 @@ def keep_freed_host_memory() -> bool:
     return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 1 << 40))
 
 
-def fold_batchnorm(variables: dict[str, Any], bn_eps: float) -> dict[str, Any]:
-    """Variables of the `fold_bn=True` model: every conv-BN pair becomes one conv with a bias.
-
-    y = gamma * (conv(x, w) - mean) / sqrt(var + eps) + beta = conv(x, w * s) + (beta - mean * s),
-    with s = gamma / sqrt(var + eps) per output channel (the last kernel axis, depthwise included).
-    """
-    def fold(params: dict[str, Any], stats: dict[str, Any]) -> dict[str, Any]:
-        out = {}
-        for name, value in params.items():
-            if not isinstance(value, dict):
-                out[name] = value
-            elif set(value) == {"conv", "bn"}:
-                bn, moments = value["bn"], stats[name]["bn"]
-                scale = np.asarray(bn["scale"], np.float64) / np.sqrt(np.asarray(moments["var"], np.float64) + bn_eps)
-                kernel = np.asarray(value["conv"]["kernel"], np.float64) * scale
-                bias = np.asarray(bn["bias"], np.float64) - np.asarray(moments["mean"], np.float64) * scale
-                out[name] = {"conv": {"kernel": kernel.astype(np.float32), "bias": bias.astype(np.float32)}}
-            else:
-                out[name] = fold(value, stats.get(name, {}))
-        return out
-
-    if "batch_stats" not in variables:
-        raise ValueError("variables have no 'batch_stats': expected {'params': ..., 'batch_stats': ...}")
-    return {"params": fold(variables["params"], variables["batch_stats"])}
-
-
 def split_cpu_into_devices(count: int | None = None) -> None:
     """Expose each CPU core as a JAX device (call before JAX first touches a device).
 
@@ -96,9 +71,9 @@ def split_cpu_into_devices(count: int | None = None) -> None:
 
 
 def folded_model(name: str, variables: dict[str, Any], **overrides: Any) -> tuple[MobileNet, dict[str, Any]]:
-    """The `fold_bn=True` model and its folded variables: the form every inference path runs."""
-    model = create_model(name, fold_bn=True, **overrides)
-    return model, fold_batchnorm(variables, model.spec.bn_eps)
+    """The `fold_bn=True` model and its folded variables (each norm's own eps): what every inference path runs."""
+    eps = batchnorm_eps(create_model(name, **overrides))
+    return create_model(name, fold_bn=True, **overrides), fold_batchnorm(variables, eps)
 
 
 def _temp_bytes(compiled: jax.stages.Compiled) -> int:

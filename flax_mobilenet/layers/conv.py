@@ -1,27 +1,24 @@
-"""Building blocks shared by every MobileNet: conv-BN-activation, depthwise conv,
-squeeze-excite and the inverted residual.
+"""Convolutions as the references compute them, in the forms XLA runs fastest, and conv-norm-activation.
 
 Padding is always explicit and symmetric, `dilation * (k - 1) // 2` per side, as in
 PyTorch: XLA's 'SAME' pads (0, 1) at stride 2 and would not reproduce the references.
+Layer settings (norm eps/momentum, folded or not, compute dtype, depthwise form) travel in
+one `LayerSettings` value that the builder hands to every block.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-Dtype = Any
+from .ops import activation
 
-ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "relu": nn.relu,
-    "relu6": nn.relu6,
-    "hard_swish": jax.nn.hard_swish,  # x * relu6(x + 3) / 6, as torch.nn.Hardswish
-    "hard_sigmoid": jax.nn.hard_sigmoid,  # relu6(x + 3) / 6, as torch.nn.Hardsigmoid
-}
+Dtype = Any
 
 DEPTHWISE_IMPLS = ("auto", "slices", "lax")
 
@@ -30,21 +27,26 @@ conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 dense_init = nn.initializers.normal(0.01)
 
 
-def make_divisible(value: float, divisor: int = 8, min_value: Optional[int] = None) -> int:
-    """Round a channel count to a multiple of `divisor`, never dropping more than 10%."""
-    min_value = divisor if min_value is None else min_value
-    rounded = max(min_value, int(value + divisor / 2) // divisor * divisor)
-    if rounded < 0.9 * value:
-        rounded += divisor
-    return rounded
+@dataclasses.dataclass(frozen=True)
+class LayerSettings:
+    """What every conv and norm of one model shares; blocks take it whole and pass it on.
 
+    `bn_momentum` is PyTorch's (the weight of the new batch statistics); a block whose reference
+    uses another eps (a head on a backbone, say) passes `dataclasses.replace(settings, bn_eps=...)`.
+    `fold_bn` builds the inference form: no BatchNorm, a bias on the conv before it (see
+    `inference.fold_batchnorm`).
+    """
 
-def activation(name: Optional[str]) -> Callable[[jax.Array], jax.Array]:
-    if name is None:
-        return lambda x: x
-    if name not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {name!r}; known: {sorted(ACTIVATIONS)}")
-    return ACTIVATIONS[name]
+    bn_eps: float = 1e-5
+    bn_momentum: float = 0.1
+    fold_bn: bool = False
+    dtype: Dtype = jnp.float32
+    depthwise_impl: str = "auto"
+
+    def batch_norm(self, train: bool, name: str = "bn") -> nn.BatchNorm:
+        # Two-pass variance: the fast E[x^2]-E[x]^2 form can go negative and NaN in training.
+        return nn.BatchNorm(use_running_average=not train, momentum=1.0 - self.bn_momentum, epsilon=self.bn_eps,
+                            dtype=self.dtype, param_dtype=jnp.float32, use_fast_variance=False, name=name)
 
 
 def torch_padding(kernel_size: int, dilation: int = 1) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -172,11 +174,20 @@ class PointwiseConv(nn.Module):
         return y
 
 
-class ConvBNAct(nn.Module):
-    """Conv (dense or depthwise, no bias) -> BatchNorm -> optional activation.
+def conv2d(features: int, kernel_size: int, stride: int = 1, dilation: int = 1, use_bias: bool = False,
+           dtype: Dtype = jnp.float32, name: Optional[str] = None) -> nn.Conv:
+    """Dense kxk convolution with PyTorch's symmetric padding; kernel (k, k, C_in, C_out)."""
+    return nn.Conv(features, (kernel_size, kernel_size), strides=stride, padding=torch_padding(kernel_size, dilation),
+                   kernel_dilation=dilation, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
+                   kernel_init=conv_init, name=name)
 
-    With `fold_bn` the BatchNorm is gone and the conv has a bias: the inference form whose
-    variables `inference.fold_batchnorm` computes.
+
+class ConvNormAct(nn.Module):
+    """Conv (dense kxk, 1x1 as a matmul, or depthwise; no bias) -> BatchNorm -> optional activation.
+
+    With `settings.fold_bn` the BatchNorm is gone and the conv has a bias: the inference form whose
+    variables `inference.fold_batchnorm` computes.  Submodules are named 'conv' and 'bn': folding
+    finds its pairs by these names.
     """
 
     features: int
@@ -185,76 +196,20 @@ class ConvBNAct(nn.Module):
     dilation: int = 1
     depthwise: bool = False
     act: Optional[str] = None
-    bn_eps: float = 1e-5
-    bn_momentum: float = 0.1  # PyTorch convention: weight of the new batch statistics
-    depthwise_impl: str = "auto"
-    fold_bn: bool = False
-    dtype: Dtype = jnp.float32
+    settings: LayerSettings = LayerSettings()
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        settings, bias = self.settings, self.settings.fold_bn
         if self.depthwise:
             if self.features != x.shape[-1]:
                 raise ValueError(f"depthwise conv keeps channels: {x.shape[-1]} in, {self.features} asked")
-            x = DepthwiseConv(self.kernel_size, self.stride, self.dilation, self.depthwise_impl, self.fold_bn,
-                              self.dtype, name="conv")(x)
+            x = DepthwiseConv(self.kernel_size, self.stride, self.dilation, settings.depthwise_impl, bias,
+                              settings.dtype, name="conv")(x)
         elif self.kernel_size == 1 and self.stride == 1:
-            x = PointwiseConv(self.features, self.fold_bn, self.dtype, name="conv")(x)
+            x = PointwiseConv(self.features, bias, settings.dtype, name="conv")(x)
         else:
-            x = nn.Conv(self.features, (self.kernel_size, self.kernel_size), strides=self.stride,
-                        padding=torch_padding(self.kernel_size, self.dilation),
-                        kernel_dilation=self.dilation, use_bias=self.fold_bn, dtype=self.dtype,
-                        param_dtype=jnp.float32, kernel_init=conv_init, name="conv")(x)
-        if self.fold_bn:
-            return activation(self.act)(x)
-        # Two-pass variance: the fast E[x^2]-E[x]^2 form can go negative and NaN in training.
-        x = nn.BatchNorm(use_running_average=not train, momentum=1.0 - self.bn_momentum, epsilon=self.bn_eps,
-                         dtype=self.dtype, param_dtype=jnp.float32, use_fast_variance=False, name="bn")(x)
+            x = conv2d(self.features, self.kernel_size, self.stride, self.dilation, bias, settings.dtype, name="conv")(x)
+        if not settings.fold_bn:
+            x = settings.batch_norm(train)(x)
         return activation(self.act)(x)
-
-
-class SqueezeExcite(nn.Module):
-    """Channel gate of MobileNetV3: pool -> 1x1 conv (bias) -> ReLU -> 1x1 conv (bias) -> hard-sigmoid."""
-
-    squeeze_features: int
-    gate: str = "hard_sigmoid"
-    dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        scale = jnp.mean(x, axis=(1, 2), keepdims=True)
-        scale = nn.Dense(self.squeeze_features, dtype=self.dtype, param_dtype=jnp.float32, name="reduce")(scale)
-        scale = nn.relu(scale)
-        scale = nn.Dense(x.shape[-1], dtype=self.dtype, param_dtype=jnp.float32, name="expand")(scale)
-        return x * activation(self.gate)(scale)
-
-
-class InvertedResidual(nn.Module):
-    """Optional 1x1 expansion -> depthwise kxk -> optional SE -> 1x1 projection (+ skip).
-
-    With no expansion and an activated projection this is MobileNetV1's depthwise-separable
-    block; with a linear projection it is MobileNetV2's first block.
-    """
-
-    spec: Any  # architectures.BlockSpec (kept untyped to keep layers free of the tables)
-    bn_eps: float = 1e-5
-    bn_momentum: float = 0.1
-    depthwise_impl: str = "auto"
-    fold_bn: bool = False
-    dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        spec = self.spec
-        conv_bn = dict(bn_eps=self.bn_eps, bn_momentum=self.bn_momentum, fold_bn=self.fold_bn, dtype=self.dtype)
-        shortcut = x
-        if spec.expanded_features != spec.in_features:
-            x = ConvBNAct(spec.expanded_features, act=spec.activation, name="expand", **conv_bn)(x, train)
-        x = ConvBNAct(spec.expanded_features, spec.kernel_size, spec.stride, spec.dilation, depthwise=True,
-                      act=spec.activation, depthwise_impl=self.depthwise_impl, name="depthwise", **conv_bn)(x, train)
-        if spec.se_features:
-            x = SqueezeExcite(spec.se_features, dtype=self.dtype, name="se")(x)
-        x = ConvBNAct(spec.out_features, act=spec.project_activation, name="project", **conv_bn)(x, train)
-        if spec.residual:
-            x = x + shortcut
-        return x

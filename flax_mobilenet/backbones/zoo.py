@@ -1,0 +1,2 @@
+"""Every family file; importing one registers its names.  A new family adds its import here."""
+from . import mobilenet_v1, mobilenet_v2, mobilenet_v3  # noqa: F401

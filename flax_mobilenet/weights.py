@@ -1,0 +1,60 @@
+"""What a registered name's reference weights expect at evaluation: the resize, crop, interpolation,
+mean/std and label set they were evaluated with (torchvision's weight transforms, timm's pretrained_cfg).
+
+The one home of these facts: `predict.py`, `export.json` and the training eval pipeline read them here.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Optional
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+INTERPOLATIONS = ("bilinear", "bicubic")
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightsInfo:
+    resize_size: int  # shorter side before the center crop
+    crop_size: int  # the evaluated image size
+    interpolation: str = "bilinear"
+    mean: tuple[float, float, float] = IMAGENET_MEAN  # inputs are (x / 255 - mean) / std
+    std: tuple[float, float, float] = IMAGENET_STD
+    labels: str = "imagenet1k"
+    reference: str = ""  # which published weights these facts describe
+
+    def __post_init__(self) -> None:
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}")
+        if self.resize_size < self.crop_size:
+            raise ValueError(f"resize_size {self.resize_size} < crop_size {self.crop_size}")
+
+    def at_size(self, crop_size: Optional[int]) -> "WeightsInfo":
+        """The same transform for another crop size, keeping the resize/crop ratio."""
+        if crop_size is None or crop_size == self.crop_size:
+            return self
+        return dataclasses.replace(self, crop_size=crop_size,
+                                   resize_size=round(crop_size * self.resize_size / self.crop_size))
+
+    def describe(self) -> str:
+        scale = ("scale to [0, 1]" if self.mean == (0.0, 0.0, 0.0) and self.std == (1.0, 1.0, 1.0)
+                 else "scale to [0, 1], subtract mean, divide by std")
+        return (f"RGB, resize shorter side to {self.resize_size} ({self.interpolation}), "
+                f"center crop {self.crop_size}, {scale}")
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def torchvision_weights(reference: str, resize_size: int = 256, crop_size: int = 224) -> WeightsInfo:
+    """torchvision's ImageClassification transform: bilinear resize, center crop, ImageNet mean/std."""
+    return WeightsInfo(resize_size, crop_size, "bilinear", reference=reference)
+
+
+def timm_weights(reference: str, crop_size: int = 224, crop_pct: float = 0.875, interpolation: str = "bicubic",
+                 mean: tuple[float, float, float] = IMAGENET_MEAN,
+                 std: tuple[float, float, float] = IMAGENET_STD) -> WeightsInfo:
+    """timm's eval transform from a pretrained_cfg: resize to floor(crop / crop_pct), then center crop."""
+    return WeightsInfo(math.floor(crop_size / crop_pct), crop_size, interpolation, tuple(mean), tuple(std),
+                       reference=reference)
