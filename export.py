@@ -19,7 +19,8 @@ def main(argv=None) -> int:
     parser.add_argument("--checkpoint", required=True, type=Path, help="folder written by convert_weights.py")
     parser.add_argument("--output", required=True, type=Path, help="folder for model.stablehlo and export.json")
     parser.add_argument("--batch-size", type=int, help="fixed batch size (default: any batch size)")
-    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--image-size", type=int, help="crop size (default: the one the model's weights were "
+                                                        "evaluated at)")
     args = parser.parse_args(argv)
     try:
         metadata = load_metadata(args.checkpoint)

@@ -1,5 +1,9 @@
 """Classify images with a converted checkpoint: top-5 ImageNet labels and probabilities per image.
 
+Images get the eval transform the model's reference weights expect (`flax_mobilenet.weights_info`):
+e.g. resize 256 / crop 224 bilinear for torchvision MobileNetV2, 232 for V3-Large, bicubic and [0, 1]
+inputs at 256 for timm MobileViT.
+
     python predict.py --checkpoint checkpoints/mobilenet_v2 examples/cat.jpg [--json]
 """
 from __future__ import annotations
@@ -14,9 +18,7 @@ import numpy as np
 import flax_mobilenet as fm
 from flax_mobilenet.checkpoint import load_metadata
 from flax_mobilenet.inference import compile_inference, enable_compilation_cache
-from flax_mobilenet.preprocessing import classify, imagenet_labels, load_image, preprocess
-
-IMAGE_SIZE = 224
+from flax_mobilenet.preprocessing import classify, imagenet_labels, load_image, preprocess_for
 
 
 def parse_args(argv=None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
@@ -28,9 +30,11 @@ def parse_args(argv=None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--batch-size", type=int, default=16, help="images per compiled call (default 16)")
     parser.add_argument("--top", type=int, default=5, help="labels to show per image (default 5)")
+    parser.add_argument("--image-size", type=int, help="crop size (default: the one the model's weights were "
+                                                        "evaluated at; the resize keeps their ratio)")
     args = parser.parse_args(argv)
-    if args.batch_size < 1 or args.top < 1:
-        parser.error("--batch-size and --top must be at least 1")
+    if args.batch_size < 1 or args.top < 1 or (args.image_size is not None and args.image_size < 32):
+        parser.error("--batch-size and --top must be at least 1, --image-size at least 32")
     return parser, args
 
 
@@ -66,8 +70,10 @@ def main(argv=None) -> int:
     enable_compilation_cache()
     import flax
 
+    transform = fm.weights_info(name).at_size(args.image_size)
+
     try:  # compiled once, ahead of time, BatchNorm folded; a checkpoint that does not fit fails here
-        apply = compile_inference(name, variables, args.batch_size, IMAGE_SIZE,
+        apply = compile_inference(name, variables, args.batch_size, transform.crop_size,
                                   num_classes=num_classes, **overrides)
     except (flax.errors.FlaxError, KeyError, ValueError) as error:
         print(f"error: {args.checkpoint} does not fit {name}: {error}".splitlines()[0], file=sys.stderr)
@@ -79,7 +85,7 @@ def main(argv=None) -> int:
         paths, arrays = [], []
         for path in args.images[start:start + args.batch_size]:
             try:
-                arrays.append(preprocess(load_image(path), IMAGE_SIZE))
+                arrays.append(preprocess_for(load_image(path), transform))
                 paths.append(path)
             except ValueError as error:
                 print(f"error: {error}", file=sys.stderr)

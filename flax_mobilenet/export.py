@@ -10,18 +10,21 @@ import jax
 import jax.numpy as jnp
 
 from .inference import folded_model
-from .preprocessing import IMAGENET_MEAN, IMAGENET_STD
+from .registry import weights_info
 
 ARTIFACT_FILE = "model.stablehlo"
 METADATA_FILE = "export.json"
 
 
 def export_model(name: str, variables: dict[str, Any], output: str | os.PathLike, batch_size: Optional[int] = None,
-                 image_size: int = 224, **overrides: Any) -> Path:
+                 image_size: Optional[int] = None, **overrides: Any) -> Path:
     """Write OUTPUT/model.stablehlo (weights inside) and OUTPUT/export.json (the input contract).
 
-    `batch_size=None` exports a batch-polymorphic function; any batch size then runs.
+    `batch_size=None` exports a batch-polymorphic function; any batch size then runs.  `image_size`
+    defaults to the crop size the model's weights were evaluated at; export.json states their transform.
     """
+    transform = weights_info(name).at_size(image_size)
+    image_size = transform.crop_size
     model, folded = folded_model(name, variables, **overrides)
     batch = jax.export.symbolic_shape("batch")[0] if batch_size is None else batch_size
     spec = jax.ShapeDtypeStruct((batch, image_size, image_size, 3), jnp.float32)
@@ -34,9 +37,10 @@ def export_model(name: str, variables: dict[str, Any], output: str | os.PathLike
         "num_classes": overrides.get("num_classes", 1000),
         "input": {"layout": "NHWC", "dtype": "float32", "shape": ["batch" if batch_size is None else batch_size,
                                                                  image_size, image_size, 3],
-                  "preprocessing": f"RGB, resize shorter side to {round(image_size * 256 / 224)} (bilinear), "
-                                   f"center crop {image_size}, scale to [0, 1], subtract mean, divide by std",
-                  "mean": IMAGENET_MEAN, "std": IMAGENET_STD},
+                  "preprocessing": transform.describe(), "resize_size": transform.resize_size,
+                  "crop_size": transform.crop_size, "interpolation": transform.interpolation,
+                  "mean": transform.mean, "std": transform.std},
+        "labels": transform.labels,
         "output": "logits (batch, num_classes), float32; softmax gives probabilities",
         "jax_version": jax.__version__,
     }

@@ -55,6 +55,9 @@ def test_exported_artifact_runs_without_model_code(tmp_path):
     export_model("mobilenet_v3_small", variables, tmp_path, image_size=64, num_classes=10)
     metadata = json.loads((tmp_path / "export.json").read_text())
     assert metadata["input"]["shape"] == ["batch", 64, 64, 3] and metadata["input"]["mean"] == [0.485, 0.456, 0.406]
+    # the weights' eval transform (torchvision V3-Small: resize 256 / crop 224, bilinear) scaled to 64
+    assert (metadata["input"]["resize_size"], metadata["input"]["interpolation"]) == (73, "bilinear")
+    assert metadata["labels"] == "imagenet1k"
     images = np.random.default_rng(3).standard_normal((3, 64, 64, 3), dtype=np.float32)
     np.save(tmp_path / "images.npy", images)
     script = f"""

@@ -160,6 +160,7 @@ def test_folder_splits_and_eval_match_torchvision_preprocessing(tmp_path):
     from skimage import data as skimage_data
 
     from flax_mobilenet.preprocessing import load_image, preprocess
+    from flax_mobilenet.weights import IMAGENET_STD
 
     for split in ("train", "val"):
         (tmp_path / split / "cat").mkdir(parents=True)
@@ -170,4 +171,4 @@ def test_folder_splits_and_eval_match_torchvision_preprocessing(tmp_path):
     assert (info.num_train, info.num_eval, info.eval_split) == (1, 1, "val")
     batch = next(ip.eval_batches(config, global_batch_size=1, process_index=0, process_count=1))
     expected = preprocess(load_image(tmp_path / "val" / "cat" / "chelsea.png"), 224)
-    assert np.abs(batch["image"][0] - expected).max() <= 1 / (255 * min(ip.STDDEV_RGB)) + 1e-6
+    assert np.abs(batch["image"][0] - expected).max() <= 1 / (255 * min(IMAGENET_STD)) + 1e-6

@@ -15,13 +15,12 @@ from typing import Iterator, Optional
 import numpy as np
 import tensorflow as tf
 
+from ..registry import weights_info
+from ..weights import WeightsInfo
 from . import augment
 
 tf.config.set_visible_devices([], "GPU")  # the accelerators belong to JAX
 
-MEAN_RGB = np.array([0.485, 0.456, 0.406], np.float32)
-STDDEV_RGB = np.array([0.229, 0.224, 0.225], np.float32)
-EVAL_RESIZE_RATIO = 256 / 224  # torchvision: resize 256, center crop 224
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp"}  # what tf.io.decode_image reads
 
 
@@ -157,23 +156,31 @@ def _to_rgb(image: tf.Tensor) -> tf.Tensor:
     return tf.image.grayscale_to_rgb(image) if image.shape[-1] == 1 else image  # decoders already give RGB
 
 
-def _normalize(image: tf.Tensor) -> tf.Tensor:
-    return (tf.cast(image, tf.float32) / 255.0 - MEAN_RGB) / STDDEV_RGB
+def eval_transform(config) -> WeightsInfo:
+    """The eval preprocessing (resize, crop, interpolation, mean/std) of the model's reference weights, at the
+    configured image size: what the model is trained on (mean/std) and evaluated with."""
+    return weights_info(config.model.name).at_size(config.image_size)
 
 
-def _eval_image(image: tf.Tensor, size: int, small: bool) -> tf.Tensor:
-    """torchvision's eval transform: shorter side to size*256/224 (bilinear, antialiased), center crop."""
+def _normalize(image: tf.Tensor, transform: WeightsInfo) -> tf.Tensor:
+    mean, std = np.asarray(transform.mean, np.float32), np.asarray(transform.std, np.float32)
+    return (tf.cast(image, tf.float32) / 255.0 - mean) / std
+
+
+def _eval_image(image: tf.Tensor, transform: WeightsInfo, small: bool) -> tf.Tensor:
+    """The weights' eval transform: shorter side to `resize_size` (antialiased), center crop `crop_size`."""
+    size = transform.crop_size
     if small:  # tiny images (digits) are just resized
-        return _normalize(tf.clip_by_value(tf.image.resize(image, (size, size), antialias=True), 0, 255))
+        return _normalize(tf.clip_by_value(tf.image.resize(image, (size, size), antialias=True), 0, 255), transform)
     shape = tf.cast(tf.shape(image)[:2], tf.float32)
-    resize = float(round(size * EVAL_RESIZE_RATIO))
+    resize = float(transform.resize_size)
     scaled = tf.cast(tf.floor(shape * resize / tf.reduce_min(shape)), tf.int32)  # torchvision truncates
     scaled = tf.maximum(scaled, int(resize))
-    image = tf.image.resize(image, scaled, method="bilinear", antialias=True)
+    image = tf.image.resize(image, scaled, method=transform.interpolation, antialias=True)
     top = tf.cast(tf.round(tf.cast(scaled[0] - size, tf.float32) / 2), tf.int32)
     left = tf.cast(tf.round(tf.cast(scaled[1] - size, tf.float32) / 2), tf.int32)
     image = tf.clip_by_value(image[top:top + size, left:left + size], 0, 255)
-    return _normalize(tf.round(image))
+    return _normalize(tf.round(image), transform)
 
 
 def _train_transform(config) -> tf.types.experimental.PolymorphicFunction:
@@ -197,7 +204,7 @@ def _train_image(image: tf.Tensor, seed: tf.Tensor, config) -> tf.Tensor:
     if policy != "none":
         image = augment.apply_policy(image, policy, seeds[2], num_ops=options.get("randaugment_num_ops", 2),
                                      magnitude=options.get("randaugment_magnitude", 9))
-    image = _normalize(image)
+    image = _normalize(image, eval_transform(config))
     if options.get("random_erasing", 0.0):
         image = augment.random_erasing(image, options.random_erasing, seeds[3])
     return image
@@ -315,7 +322,7 @@ def eval_batches(config, *, global_batch_size: int, process_index: int, process_
     """Every eval example exactly once over all processes; padding rows have mask 0. Equal batch counts."""
     local_batch = _local_batch_size(global_batch_size, process_count)
     source = _source(config)
-    size = config.image_size
+    size, transform = config.image_size, eval_transform(config)
     if isinstance(source, _InMemory):
         images, labels = source.eval
         total = len(labels)
@@ -327,7 +334,7 @@ def eval_batches(config, *, global_batch_size: int, process_index: int, process_
 
         def load(index, weight):
             image = _decode_file(tf.gather(images, index)) if source.is_files else tf.gather(images, index)
-            return {"image": _eval_image(_to_rgb(image), size, small=not source.is_files),
+            return {"image": _eval_image(_to_rgb(image), transform, small=not source.is_files),
                     "label": tf.gather(labels, index), "mask": weight}
     else:
         import tensorflow_datasets as tfds
@@ -344,6 +351,6 @@ def eval_batches(config, *, global_batch_size: int, process_index: int, process_
         def load(encoded, label, weight):
             image = tf.cond(weight > 0, lambda: tf.io.decode_image(encoded, channels=3, expand_animations=False),
                             lambda: tf.zeros((size, size, 3), tf.uint8))
-            return {"image": _eval_image(image, size, small=False), "label": label, "mask": weight}
+            return {"image": _eval_image(image, transform, small=False), "label": label, "mask": weight}
     files = source.eval[0] if isinstance(source, _InMemory) and source.is_files else None
     yield from _to_numpy(_finish(ds.map(load, num_parallel_calls=tf.data.AUTOTUNE), local_batch), files)
