@@ -1,4 +1,6 @@
 """Blocks and model behaviour that need no reference framework."""
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -144,3 +146,24 @@ def test_unknown_model_and_option_are_named():
         fm.create_model("mobilenet_v2", reduced_tail=True)
     with pytest.raises(ValueError, match="timm's fixed width_mult=1.0 model"):
         fm.create_model("mobilenetv2_100", width_mult=0.5)
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v1", "mobilenet_v3_small", "shufflenet_v2_x0_5", "mobilenetv4_conv_small",
+                                  "mobilenetv4_hybrid_medium", "mobilevit_xxs"])
+def test_slices_form_reaches_every_depthwise_conv_forward_and_backward(name):
+    """With depthwise_impl='slices' no grouped convolution is left in the train step of any block kind."""
+    model = fm.create_model(name, num_classes=10, depthwise_impl="slices")
+    x = jnp.zeros((2, 64, 64, 3))
+    variables = jax.eval_shape(model.init, jax.random.key(0), x)
+
+    def loss(params, others):
+        logits, _ = model.apply({**others, "params": params}, x, train=True, rngs={"dropout": jax.random.key(1)},
+                                mutable=["batch_stats"])
+        return jnp.sum(logits)
+
+    others = {k: v for k, v in variables.items() if k != "params"}
+    jaxpr = str(jax.make_jaxpr(jax.grad(loss))(variables["params"], others))
+    groups = [int(g) for g in re.findall(r"(?:feature|batch)_group_count=(\d+)", jaxpr)]
+    assert groups and all(g == 1 for g in groups), f"{name}: grouped convolutions {sorted(set(groups))}"
+    lax_jaxpr = str(jax.make_jaxpr(fm.create_model(name, num_classes=10, depthwise_impl="lax").apply)(variables, x))
+    assert any(int(g) > 1 for g in re.findall(r"feature_group_count=(\d+)", lax_jaxpr))  # the check can fail

@@ -1,4 +1,5 @@
 """Every family file; importing one registers its names.  A new family adds its import here."""
 from . import mobilenet_v1, mobilenet_v2, mobilenet_v3  # noqa: F401
 from . import shufflenet_v2  # noqa: F401
+from . import mobilevit  # noqa: F401
 from . import mobilenet_v4  # noqa: F401

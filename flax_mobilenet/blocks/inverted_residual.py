@@ -34,6 +34,9 @@ TORCH_NAMES = {
         dict(expand="conv_pw", expand_bn="bn1", depthwise="conv_dw", depthwise_bn="bn2", se="se",
              project="conv_pwl", project_bn="bn3") if "expand" in parts else
         dict(depthwise="conv_dw", depthwise_bn="bn1", se="se", project="conv_pw", project_bn="bn2")),
+    # timm byobnet BottleneckBlock with bottle_in/linear_out (MobileViT's 'bottle'): three ConvNormActs.
+    "timm_byob": lambda parts: dict(expand="conv1_1x1.conv", expand_bn="conv1_1x1.bn", depthwise="conv2_kxk.conv",
+                                    depthwise_bn="conv2_kxk.bn", project="conv3_1x1.conv", project_bn="conv3_1x1.bn"),
 }
 SE_NAMES = {"torchvision_v2": ("fc1", "fc2"), "torchvision_v3": ("fc1", "fc2"), "timm": ("conv_reduce", "conv_expand")}
 
