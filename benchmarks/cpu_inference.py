@@ -1,7 +1,8 @@
 """CPU inference latency: flax-mobilenet (compile_inference) vs PyTorch eager vs ONNX Runtime.
 
-All three run the same torchvision weights, interleaved round by round so that machine noise hits
-them alike; we report medians and ratios.  Needs the dev requirements plus onnxruntime, onnx and
+All three run the same weights (the torchvision or timm reference model, random weights) at the crop
+size the model's weights are evaluated at, interleaved round by round so that machine noise hits them
+alike; we report medians and ratios.  Needs the dev requirements plus onnxruntime, onnx and
 onnxscript (pip install onnxruntime onnx onnxscript).
 
     python benchmarks/cpu_inference.py [--models mobilenet_v2 ...] [--batches 1 32] [--rounds 20]
@@ -30,12 +31,20 @@ if "--split-devices" in sys.argv:  # before JAX initialises its CPU backend
     split_cpu_into_devices()
 import jax  # noqa: E402
 from machine import cpu_description  # noqa: E402
-from torch_reference import torch, tv_models  # noqa: E402  (torchvision without its CUDA-only ops)
+from torch_reference import timm, torch, tv_models  # noqa: E402  (torchvision without its CUDA-only ops)
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 
-def onnx_session(model, batch: int, path: Path):
+def reference_model(name: str):
+    """The PyTorch model `name` reproduces: torchvision's or timm's definition, eval mode."""
+    if fm.registry.model_entry(name).source == "torchvision":
+        return getattr(tv_models, name)().eval()
+    return timm.create_model(name).eval()
+
+
+def onnx_session(model, batch: int, size: int, path: Path):
     import onnxruntime as ort
-    example = torch.zeros(batch, 3, 224, 224)
+    example = torch.zeros(batch, 3, size, size)
     torch.onnx.export(model, (example,), str(path), input_names=["images"], output_names=["logits"], dynamo=False)
     options = ort.SessionOptions()
     options.intra_op_num_threads = os.cpu_count() or 1
@@ -44,16 +53,19 @@ def onnx_session(model, batch: int, path: Path):
 
 
 def benchmark(name: str, batch: int, rounds: int, calls: int, workdir: Path) -> dict:
-    reference = getattr(tv_models, name)().eval()
+    reference = reference_model(name)
+    size = fm.weights_info(name).crop_size
     variables = fm.convert_state_dict(name, reference.state_dict())
-    images = np.random.default_rng(0).standard_normal((batch, 224, 224, 3), dtype=np.float32)
+    images = np.random.default_rng(0).standard_normal((batch, size, size, 3), dtype=np.float32)
     images_nchw = np.ascontiguousarray(images.transpose(0, 3, 1, 2))
 
     start = time.perf_counter()
-    ours = fm.compile_inference(name, variables, batch_size=batch, image_size=224)
+    ours = fm.compile_inference(name, variables, batch_size=batch, image_size=size)
     compile_s = time.perf_counter() - start
-    session = onnx_session(reference, batch, workdir / f"{name}_{batch}.onnx")
+    session = onnx_session(reference, batch, size, workdir / f"{name}_{batch}.onnx")
     images_torch = torch.from_numpy(images_nchw)
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        reference(images_torch)
 
     def run_ours():
         ours(images).block_until_ready()
@@ -80,7 +92,8 @@ def benchmark(name: str, batch: int, rounds: int, calls: int, workdir: Path) -> 
                 run()
                 times[key].append(time.perf_counter() - start)
     medians = {k: statistics.median(v) * 1e3 for k, v in times.items()}
-    return dict(name=name, batch=batch, compile_s=compile_s, error=error, **medians)
+    return dict(name=name, batch=batch, size=size, gflop=counter.get_total_flops() / 1e9, compile_s=compile_s,
+                error=error, **medians)
 
 
 def run_cell_in_own_process(name: str, batch: int, args: argparse.Namespace) -> dict:
@@ -95,7 +108,8 @@ def run_cell_in_own_process(name: str, batch: int, args: argparse.Namespace) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small"])
+    parser.add_argument("--models", nargs="+", default=["mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small",
+                                                        "shufflenet_v2_x1_0", "mobilenetv4_conv_small", "mobilevit_xs"])
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 32])
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--split-devices", action="store_true", help="one JAX device per core (see inference.py)")
@@ -111,22 +125,18 @@ def main() -> None:
     print(f"CPU: {cpu}; nominal fp32 peak {peak:.0f} GFLOP/s; {len(jax.devices())} JAX device(s); "
           f"jax {jax.__version__}, torch {torch.__version__}, "
           f"onnxruntime {__import__('onnxruntime').__version__}")
-    print("| model | batch | flax-mobilenet ms | PyTorch eager ms | ONNX Runtime ms | PyTorch / ours | ours / ORT "
+    print("| model | size | batch | flax-mobilenet ms | PyTorch eager ms | ONNX Runtime ms | PyTorch / ours | ours / ORT "
           "| ours GFLOP/s (% peak) | compile s | max rel. diff |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name in args.models:
         for batch in args.batches:
             r = run_cell_in_own_process(name, batch, args)
-            gflop = 2 * MACS[name] * batch / 1e9
-            achieved = gflop / (r["flax-mobilenet"] / 1e3)
-            print(f"| {name} | {batch} | {r['flax-mobilenet']:.2f} | {r['pytorch']:.2f} | {r['onnxruntime']:.2f} "
+            achieved = r["gflop"] / (r["flax-mobilenet"] / 1e3)  # the reference's conv/matmul FLOPs
+            print(f"| {name} | {r['size']} | {batch} | {r['flax-mobilenet']:.2f} | {r['pytorch']:.2f} | {r['onnxruntime']:.2f} "
                   f"| {r['pytorch'] / r['flax-mobilenet']:.2f}x | {r['flax-mobilenet'] / r['onnxruntime']:.2f}x "
                   f"| {achieved:.0f} ({100 * achieved / peak:.0f}%) | {r['compile_s']:.1f} | {r['error']:.1e} |",
                   flush=True)
 
-
-# Multiply-accumulates per 224x224 image (SPEC section 3, from the references).
-MACS = {"mobilenet_v2": 301e6, "mobilenet_v3_large": 217e6, "mobilenet_v3_small": 57e6}
 
 if __name__ == "__main__":
     main()
