@@ -59,8 +59,11 @@ def _split_options(name: str, overrides: dict[str, Any]) -> tuple[dict[str, Any]
         raise TypeError(f"{name} does not take {', '.join(unknown)}; it takes {', '.join(sorted(allowed))}")
     for option in entry.fixed:
         if option in overrides and overrides[option] != entry.defaults[option]:
-            raise ValueError(f"{name} is timm's fixed {option}={entry.defaults[option]} model; use the "
-                             f"torchvision-named model to change {option}")
+            others = [n for n in list_models() if option in _REGISTRY[n].defaults and option not in _REGISTRY[n].fixed
+                      and _REGISTRY[n].resolve == entry.resolve]
+            hint = f"use {others[0]} to change {option}" if others else f"the widths timm publishes are separate names (list_models())"
+            raise ValueError(f"{name} is timm's fixed {option}={entry.defaults[option]} model (its name encodes it); "
+                             f"{hint}")
     options = {**entry.defaults, **overrides}
     module_options = {k: options.pop(k) for k in MODULE_OPTIONS if k in options}
     return options, module_options

@@ -144,8 +144,10 @@ def test_unknown_model_and_option_are_named():
         fm.create_model("mobilenet_v4")
     with pytest.raises(TypeError, match="mobilenet_v2 does not take reduced_tail"):
         fm.create_model("mobilenet_v2", reduced_tail=True)
-    with pytest.raises(ValueError, match="timm's fixed width_mult=1.0 model"):
+    with pytest.raises(ValueError, match="timm's fixed width_mult=1.0 model.*use mobilenet_v2"):
         fm.create_model("mobilenetv2_100", width_mult=0.5)
+    with pytest.raises(ValueError, match="widths timm publishes are separate names"):
+        fm.create_model("mobilenetv4_conv_small", width_mult=0.5)
 
 
 @pytest.mark.parametrize("name", ["mobilenet_v1", "mobilenet_v3_small", "shufflenet_v2_x0_5", "mobilenetv4_conv_small",
