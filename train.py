@@ -52,6 +52,15 @@ def main(argv):
 
 def parse_flags(argv: list[str]) -> list[str]:
     """absl's parsing, with a config override naming no key of the config reported in one line."""
+    from flax_mobilenet.training.defaults import base_config
+
+    groups = {key: value for key, value in base_config().items() if hasattr(value, "keys")}
+    for argument in argv[1:]:
+        key = argument[len("--config."):].split("=", 1)[0] if argument.startswith("--config.") else ""
+        if key in groups and "=" in argument:  # `--config.model=NAME` would fail with an AST dump
+            example = "name" if "name" in groups[key] else next(iter(groups[key].keys()))
+            sys.exit(f"error: config.{key} is a group of keys, not a value: set one of them, e.g. "
+                     f"--config.{key}.{example}=... (its keys: {', '.join(groups[key].keys())})")
     try:
         return FLAGS(argv)
     except flags.Error as error:

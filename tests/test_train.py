@@ -183,6 +183,8 @@ def test_divergence_stops_with_a_clear_message_and_keeps_the_good_checkpoint(tmp
     (["--config.model.num_classes=7"], "has 10 classes but config.model.num_classes=7"),
     (["--config.model.no_such_key=1"], "the config has no key 'no_such_key'"),
     (["--config.batch_size=many"], "flag --config.batch_size=many: invalid literal"),
+    (["--config.model=mobilenet_v2"], "config.model is a group of keys, not a value: set one of them, e.g. "
+                                      "--config.model.name=..."),
 ])
 def test_bad_config_values_give_one_clear_error(tmp_path, flags, message):
     result = run_train(tmp_path, *flags, devices=8, check=False)

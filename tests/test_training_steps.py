@@ -136,3 +136,19 @@ def test_merge_pretrained_replaces_only_the_head():
     del loaded["params"]["features_0"]
     with pytest.raises(ValueError, match="missing params/features_0/w"):
         merge_pretrained(fresh, loaded)
+
+
+def test_best_checkpoint_is_the_best_eval_not_the_latest(tmp_path):
+    """orbax answers best_step() with the latest step unless told how to rank: the best must really be tracked."""
+    from flax_mobilenet.training.checkpoints import TrainingCheckpoints, read_pretrained
+
+    checkpoints = TrainingCheckpoints(tmp_path, keep=1, async_save=False)
+    for step, top1 in ((400, 0.9972), (440, 0.9944)):
+        state = {"params": {"w": np.full(2, step, np.float32)}, "batch_stats": {}}
+        checkpoints.save(step, state, {"eval_top1": top1})
+    checkpoints.wait()
+    assert (checkpoints.best_step(), checkpoints.latest_step()) == (400, 440)
+    assert checkpoints.best_metric() == pytest.approx(0.9972)
+    checkpoints.close()
+    variables, _ = read_pretrained(str(tmp_path))  # init_from=<workdir> starts from the best step
+    np.testing.assert_array_equal(variables["params"]["w"], [400, 400])

@@ -21,6 +21,15 @@ CHECKPOINTS_DIR = "checkpoints"
 BEST_METRIC = "eval_top1"
 
 
+def _best_metric(metrics: dict[str, float]) -> float:
+    return metrics[BEST_METRIC]
+
+
+def _manager_options(**options: Any) -> ocp.CheckpointManagerOptions:
+    """best_fn makes `best_step()` the best eval_top1 (without it orbax answers with the latest step)."""
+    return ocp.CheckpointManagerOptions(best_fn=_best_metric, best_mode="max", **options)
+
+
 class TrainingCheckpoints:
     """Keeps the last `keep` checkpoints plus the one with the best `eval_top1`; saves asynchronously."""
 
@@ -28,18 +37,22 @@ class TrainingCheckpoints:
         self.directory = Path(workdir).absolute() / CHECKPOINTS_DIR
         policy = preservation.AnyPreservationPolicy([
             preservation.LatestN(n=keep),
-            preservation.BestN(get_metric_fn=lambda metrics: metrics[BEST_METRIC], n=1,
-                               keep_checkpoints_without_metrics=False),
+            preservation.BestN(get_metric_fn=_best_metric, n=1, keep_checkpoints_without_metrics=False),
         ])
-        options = ocp.CheckpointManagerOptions(preservation_policy=policy, enable_async_checkpointing=async_save,
-                                               cleanup_tmp_directories=True)
+        options = _manager_options(preservation_policy=policy, enable_async_checkpointing=async_save,
+                                   cleanup_tmp_directories=True)
         self.manager = ocp.CheckpointManager(self.directory, options=options)
 
     def latest_step(self) -> Optional[int]:
         return self.manager.latest_step()
 
     def best_step(self) -> Optional[int]:
+        """The step with the best eval_top1 among the kept checkpoints (None before the first eval)."""
         return self.manager.best_step()
+
+    def best_metric(self) -> Optional[float]:
+        step = self.manager.best_step()
+        return None if step is None else float(self.manager.metrics(step)[BEST_METRIC])
 
     def save(self, step: int, state: Any, metrics: Optional[dict[str, float]] = None) -> None:
         self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)), metrics=metrics,
@@ -65,7 +78,7 @@ def read_pretrained(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
         return load_variables(source), load_metadata(source)
     checkpoints = source / CHECKPOINTS_DIR
     if checkpoints.is_dir():
-        manager = ocp.CheckpointManager(checkpoints, options=ocp.CheckpointManagerOptions(read_only=True))
+        manager = ocp.CheckpointManager(checkpoints, options=_manager_options(read_only=True))
         step = manager.best_step() or manager.latest_step()
         if step is None:
             raise ValueError(f"init_from={path}: the workdir holds no finished checkpoint")

@@ -347,11 +347,13 @@ class Trainer:
         (self.workdir / METADATA_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
 
     def _print_summary(self, last_eval: dict[str, Any], seconds: float) -> None:
-        best = self.checkpoints.best_step()
+        best, best_top1 = self.checkpoints.best_step(), self.checkpoints.best_metric()
+        best_text = ("no evaluated checkpoint" if best is None
+                     else f"best: step {best}, eval top-1 {100 * best_top1:.2f}%")
         self.log(f"done: {self.config.model.name} on {self.info.name}, step {last_eval['step']}: "
                  f"eval top-1 {100 * last_eval['eval_top1']:.2f}% top-5 {100 * last_eval['eval_top5']:.2f}% "
                  f"({last_eval['eval_examples']} examples) in {seconds:.0f} s\n"
-                 f"checkpoints: {self.checkpoints.directory} (best: step {best})\n"
+                 f"checkpoints: {self.checkpoints.directory} ({best_text})\n"
                  f"metrics: {self.workdir / METRICS_FILE}\n"
                  f"TensorBoard: tensorboard --logdir {self.workdir / 'tensorboard'}")
 
