@@ -108,3 +108,20 @@ def test_feature_info_strides_and_channels():
     with pytest.raises(ValueError, match="unknown feature tap 'stride64'"):
         jax.eval_shape(fm.create_model("mobilenet_v2", feature_taps=["stride64"]).init, jax.random.key(0),
                        np.zeros((1, 64, 64, 3)))
+
+
+def test_inner_expand_tap_matches_torchvision_block():
+    """'features.13.expand': the expansion output inside V3-Large's C4 block, where SSDLite attaches its head."""
+    reference = randomize_(torchvision_model("mobilenet_v3_large"), seed=5)
+    captured = {}
+    reference.features[13].block[0].register_forward_hook(lambda module, args, out: captured.update(x=out))
+    images = np.random.default_rng(2).standard_normal((2, 75, 97, 3), dtype=np.float32)
+    torch_forward(reference, images)
+    variables = fm.convert_state_dict("mobilenet_v3_large", reference.state_dict())
+    model = fm.create_model("mobilenet_v3_large", feature_taps=("features.13.expand", "stride16"))
+    ours = jax.jit(model.apply)(variables, images)
+    expected = captured["x"].numpy().transpose(0, 2, 3, 1)
+    info = fm.feature_info("mobilenet_v3_large")["features.13.expand"]
+    assert ours["features.13.expand"].shape == expected.shape and expected.shape[-1] == info.channels == 672
+    assert info.stride == 16
+    assert relative_error(np.asarray(ours["features.13.expand"]), expected) <= RELATIVE_TOLERANCE
