@@ -1,9 +1,9 @@
 """Image loading, the eval transform of torchvision/timm weights and top-k readout, in numpy + Pillow only.
 
 No torch, TF or even JAX here: the same code feeds any backend (a jit-ed `model.apply`, an AOT
-or exported function).  `preprocess` reproduces torchvision's `Compose([Resize(256),
-CenterCrop(224), ToTensor(), Normalize(mean, std)])` on a PIL image (to 1e-6, HWC instead of
-CHW), so converted torchvision weights see what they saw in evaluation and keep their accuracy.
+or exported function).  `preprocess_for(image, weights_info(name))` reproduces the eval transform of
+the name's reference weights on a PIL image (torchvision's Resize/CenterCrop/Normalize or timm's
+create_transform, to 1e-5, HWC instead of CHW), so converted weights keep their accuracy.
 """
 from __future__ import annotations
 

@@ -132,7 +132,7 @@ def depthwise_conv_lax(x: jax.Array, kernel: jax.Array, stride: int, dilation: i
 
 
 class DepthwiseConv(nn.Module):
-    """Bias-free depthwise conv; kernel (k, k, 1, C) whichever form computes it."""
+    """Depthwise conv (a bias only in the folded inference form); kernel (k, k, 1, C) whichever form computes it."""
 
     kernel_size: int
     stride: int = 1
