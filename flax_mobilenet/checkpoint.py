@@ -46,7 +46,7 @@ def load_variables(path: str | os.PathLike) -> dict[str, Any]:
         path = path / VARIABLES_DIR
     if not path.is_dir():
         raise FileNotFoundError(f"no checkpoint at {path}: expected a folder written by convert_weights.py")
-    if (path / "checkpoints").is_dir() or (path / "_CHECKPOINT_METADATA").is_file():
+    if (path / "checkpoints").is_dir() or (path / "state").is_dir():  # a workdir, or one of its step folders
         raise ValueError(f"{path} is a training run (train.py's workdir or one of its steps), not a converted "
                          "checkpoint: predict.py and export.py do not read training runs yet; fine-tune or "
                          "evaluate it with train.py --config.init_from=WORKDIR (it takes the best step)")

@@ -145,8 +145,7 @@ def test_safetensors_round_trip_and_cli(tmp_path, state_dict, v3_small):
 
 
 def test_a_training_run_is_named_not_read_as_a_converted_checkpoint(tmp_path):
-    (tmp_path / "checkpoints" / "20").mkdir(parents=True)
-    (tmp_path / "checkpoints" / "20" / "_CHECKPOINT_METADATA").write_text("{}")
+    (tmp_path / "checkpoints" / "20" / "state").mkdir(parents=True)
     for path in (tmp_path, tmp_path / "checkpoints" / "20"):
         with pytest.raises(ValueError, match="is a training run .* not a converted checkpoint"):
             fm.load_variables(path)
