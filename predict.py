@@ -1,10 +1,13 @@
-"""Classify images with a converted checkpoint: top-5 ImageNet labels and probabilities per image.
+"""Classify images with a converted checkpoint or a training run: top-5 labels and probabilities per image.
 
-Images get the eval transform the model's reference weights expect (`flax_mobilenet.weights_info`):
-e.g. resize 256 / crop 224 bilinear for torchvision MobileNetV2, 232 for V3-Large, bicubic and [0, 1]
-inputs at 256 for timm MobileViT.
+--checkpoint takes a folder written by convert_weights.py, a train.py workdir (its best step, or --step N)
+or one of its checkpoints/STEP folders.  Images get the eval transform the checkpoint was evaluated with: a
+training run's own (its image size, mean/std) and class names, else the reference weights' of the model
+(`flax_mobilenet.weights_info`: e.g. resize 256 / crop 224 bilinear for torchvision MobileNetV2, bicubic and
+[0, 1] inputs at 256 for timm MobileViT) and ImageNet's labels.
 
     python predict.py --checkpoint checkpoints/mobilenet_v2 examples/cat.jpg [--json]
+    python predict.py --checkpoint runs/digits [--step 400] digit.png
 """
 from __future__ import annotations
 
@@ -16,15 +19,17 @@ from pathlib import Path
 import numpy as np
 
 import flax_mobilenet as fm
-from flax_mobilenet.checkpoint import load_metadata
+from flax_mobilenet.checkpoint import class_names, eval_transform, load_metadata
 from flax_mobilenet.inference import compile_inference, enable_compilation_cache
-from flax_mobilenet.preprocessing import classify, imagenet_labels, load_image, preprocess_for
+from flax_mobilenet.preprocessing import classify, load_image, preprocess_for
 
 
 def parse_args(argv=None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (anything Pillow reads)")
-    parser.add_argument("--checkpoint", required=True, type=Path, help="folder written by convert_weights.py")
+    parser.add_argument("--checkpoint", required=True, type=Path,
+                        help="folder written by convert_weights.py, a train.py workdir or one of its step folders")
+    parser.add_argument("--step", type=int, help="with a train.py workdir: this step instead of the best one")
     parser.add_argument("--model", help="model name (default: the one the checkpoint's model.json names); "
                                         f"one of: {', '.join(fm.list_models())}")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -35,6 +40,8 @@ def parse_args(argv=None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
     args = parser.parse_args(argv)
     if args.batch_size < 1 or args.top < 1 or (args.image_size is not None and args.image_size < 32):
         parser.error("--batch-size and --top must be at least 1, --image-size at least 32")
+    if args.step is not None and args.step < 0:
+        parser.error("--step must be a step number kept in the run's checkpoints/ folder")
     return parser, args
 
 
@@ -63,14 +70,15 @@ def main(argv=None) -> int:
     parser, args = parse_args(argv)
     name, num_classes, overrides = resolve_model(parser, args)
     try:
-        variables = fm.load_variables(args.checkpoint)
+        loaded = fm.open_checkpoint(args.checkpoint, args.step)
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    variables, metadata = loaded.variables, {"model": name, **loaded.metadata}
     enable_compilation_cache()
     import flax
 
-    transform = fm.weights_info(name).at_size(args.image_size)
+    transform = eval_transform(metadata).at_size(args.image_size)
 
     try:  # compiled once, ahead of time, BatchNorm folded; a checkpoint that does not fit fails here
         apply = compile_inference(name, variables, args.batch_size, transform.crop_size,
@@ -78,8 +86,9 @@ def main(argv=None) -> int:
     except (flax.errors.FlaxError, KeyError, ValueError) as error:
         print(f"error: {args.checkpoint} does not fit {name}: {error}".splitlines()[0], file=sys.stderr)
         return 2
-    labels = imagenet_labels() if num_classes == 1000 else None
-    key = f"top{args.top}"
+    labels = class_names(metadata)
+    top_k = min(args.top, num_classes)
+    key = f"top{top_k}"
     failed, results = False, []
     for start in range(0, len(args.images), args.batch_size):
         paths, arrays = [], []
@@ -96,7 +105,7 @@ def main(argv=None) -> int:
             done = min(start + args.batch_size, len(args.images))
             print(f"\r{done}/{len(args.images)} images", end="\n" if done == len(args.images) else "",
                   file=sys.stderr, flush=True)
-        for path, top in zip(paths, classify(apply, np.stack(arrays), args.batch_size, args.top)):
+        for path, top in zip(paths, classify(apply, np.stack(arrays), args.batch_size, top_k)):
             entry = {"image": path, key: [{"index": i, "label": labels[i] if labels else str(i), "prob": p}
                                           for i, p in top]}
             if args.json:

@@ -7,8 +7,13 @@ checkpoint.  Multi-host: on Cloud TPU pods JAX finds its peers itself; elsewhere
 import os
 import sys
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+# TensorFlow (tf.data only) prints its oneDNN notice twice at import and a line about absl's log; its oneDNN
+# kernels only affect TF math ops, which the input pipeline barely uses.  Keep the start-up quiet.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Checkpoints, metrics.jsonl and TensorBoard logs go here.", required=True)
@@ -43,11 +48,26 @@ def main(argv):
     from flax_mobilenet.training.input_pipeline import DatasetError
 
     enable_compilation_cache()  # a resumed (preempted) run loads its compiled steps instead of compiling
+    for note in trainer.batch_size_notes(FLAGS.config, recipe_batch_size()):
+        print(note, file=sys.stderr if note.startswith("warning") else sys.stdout, flush=True)
     try:
         trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except (trainer.ConfigError, trainer.TrainingDiverged, DatasetError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
+
+
+def recipe_batch_size() -> int:
+    """The config file's own batch_size, before command-line overrides."""
+    if "batch_size" not in config_flags.get_override_values(FLAGS["config"]):
+        return FLAGS.config.batch_size
+    import importlib.util
+
+    path = config_flags.get_config_filename(FLAGS["config"])
+    spec = importlib.util.spec_from_file_location("_recipe", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config().batch_size
 
 
 def parse_flags(argv: list[str]) -> list[str]:

@@ -1,7 +1,7 @@
 """The mobile vision family (MobileNet V1-V4, ShuffleNetV2, MobileViT) in JAX/Flax, exact to torchvision and timm."""
 from .backbones import ClassifierSpec, FeatureInfo, Layer, MobileNet, ModelSpec
 from .backbones import zoo as _zoo  # noqa: F401  (registers every family)
-from .checkpoint import load_variables, save_variables
+from .checkpoint import load_variables, open_checkpoint, save_variables
 from .convert import ConversionError, convert_state_dict
 from .inference import compile_inference, fold_batchnorm
 from .layers import LayerSettings, make_divisible
@@ -11,6 +11,6 @@ from .weights import WeightsInfo
 __all__ = [
     "ClassifierSpec", "ConversionError", "FeatureInfo", "Layer", "LayerSettings", "MobileNet", "ModelSpec",
     "WeightsInfo", "compile_inference", "convert_state_dict", "create_model", "feature_info", "fold_batchnorm",
-    "list_models", "load_variables", "make_divisible", "model_spec", "save_variables", "weights_info",
+    "list_models", "load_variables", "make_divisible", "model_spec", "open_checkpoint", "save_variables", "weights_info",
 ]
 __version__ = "0.2.0"

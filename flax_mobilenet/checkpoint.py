@@ -1,6 +1,15 @@
-"""Save and load converted variables as orbax checkpoints, with a small JSON description."""
+"""Save and load model variables: converted checkpoints (convert_weights.py) and training runs (train.py).
+
+Three kinds of folder hold a model, and every reader here takes all three:
+- a converted checkpoint: DIR/variables (orbax) + DIR/model.json;
+- a training workdir: WORKDIR/checkpoints/STEP/state (orbax, the whole TrainState) + WORKDIR/model.json; its
+  best step (by the run's eval metric) is used unless a step is asked for;
+- one step folder of a training run: WORKDIR/checkpoints/STEP.
+model.json names the model and, for a training run, its image size, eval preprocessing and class names.
+"""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -8,8 +17,13 @@ from typing import Any, Optional
 
 import numpy as np
 
+from .weights import WeightsInfo
+
 VARIABLES_DIR = "variables"
 METADATA_FILE = "model.json"
+CHECKPOINTS_DIR = "checkpoints"  # a training workdir's steps
+STATE_ITEM = "state"  # the orbax item of a training step that holds the TrainState
+BEST_METRIC = "eval_top1"  # what picks a training run's best step
 
 
 def save_variables(directory: str | os.PathLike, variables: dict[str, Any],
@@ -37,31 +51,118 @@ def save_variables(directory: str | os.PathLike, variables: dict[str, Any],
     return directory
 
 
-def load_variables(path: str | os.PathLike) -> dict[str, Any]:
-    """Read variables written by `save_variables` / convert_weights.py (DIR or DIR/variables)."""
+@dataclasses.dataclass(frozen=True)
+class LoadedCheckpoint:
+    variables: dict[str, Any]  # {'params', 'batch_stats'}
+    metadata: dict[str, Any]  # model.json: model, num_classes, overrides (+ image_size, preprocessing, class_names)
+    description: str  # where the variables came from, for messages ('runs/digits step 400 (best eval_top1 0.99)')
+
+
+def manager_options(**options: Any):
+    """orbax options of a training run's CheckpointManager: `best_fn` ranks steps by BEST_METRIC (without it
+    orbax answers best_step() with the latest step)."""
     import orbax.checkpoint as ocp
 
-    path = Path(path).absolute()
-    if (path / VARIABLES_DIR).is_dir():
-        path = path / VARIABLES_DIR
+    return ocp.CheckpointManagerOptions(best_fn=lambda metrics: metrics[BEST_METRIC], best_mode="max", **options)
+
+
+def _run_folders(path: Path) -> tuple[Optional[Path], Optional[int]]:
+    """(workdir, step) when `path` is a training workdir (step None) or one of its step folders."""
+    if (path / CHECKPOINTS_DIR).is_dir():
+        return path, None
+    if (path / STATE_ITEM).is_dir() and path.parent.name == CHECKPOINTS_DIR and path.name.isdigit():
+        return path.parent.parent, int(path.name)
+    return None, None
+
+
+def open_checkpoint(path: str | os.PathLike, step: Optional[int] = None) -> LoadedCheckpoint:
+    """Variables and model description from a converted checkpoint, a training workdir (its best step, or
+    `step`) or a training run's step folder."""
+    import orbax.checkpoint as ocp
+
+    given = Path(path).expanduser()
+    path = given.absolute()
+    if path.name == VARIABLES_DIR and (path.parent / METADATA_FILE).is_file():
+        path = path.parent
     if not path.is_dir():
-        raise FileNotFoundError(f"no checkpoint at {path}: expected a folder written by convert_weights.py")
-    if (path / "checkpoints").is_dir() or (path / "state").is_dir():  # a workdir, or one of its step folders
-        raise ValueError(f"{path} is a training run (train.py's workdir or one of its steps), not a converted "
-                         "checkpoint: predict.py and export.py do not read training runs yet; fine-tune or "
-                         "evaluate it with train.py --config.init_from=WORKDIR (it takes the best step)")
+        raise FileNotFoundError(f"no checkpoint at {given}: expected a folder written by convert_weights.py or "
+                                f"train.py (its --workdir, or one of its checkpoints/STEP folders)")
+    workdir, step_of_folder = _run_folders(path)
+    if workdir is None:
+        if step is not None:
+            raise ValueError(f"a step ({step}) was asked for, but {given} is a converted checkpoint, not a training run")
+        if not (path / VARIABLES_DIR).is_dir():
+            raise FileNotFoundError(f"{given} holds no checkpoint: expected {VARIABLES_DIR}/ (convert_weights.py) "
+                                    f"or {CHECKPOINTS_DIR}/ (a train.py workdir)")
+        variables = _restore(ocp.StandardCheckpointer, path / VARIABLES_DIR)
+        return LoadedCheckpoint(variables, load_metadata(path), str(given))
+    if step is not None and step_of_folder is not None and step != step_of_folder:
+        raise ValueError(f"{given} is step {step_of_folder} of a training run, but step {step} was asked for")
+    step = step if step is not None else step_of_folder
+    manager = ocp.CheckpointManager(workdir / CHECKPOINTS_DIR, options=manager_options(read_only=True))
     try:
-        with ocp.StandardCheckpointer() as checkpointer:
+        kept = list(manager.all_steps())
+        if not kept:
+            raise ValueError(f"the training run {workdir} holds no finished checkpoint yet")
+        if step is None:
+            best = manager.best_step()
+            chosen = best if best is not None else manager.latest_step()
+            metric = manager.metrics(chosen) if best is not None else None
+            how = f"best {BEST_METRIC} {metric[BEST_METRIC]:.4f}" if metric else "latest; no evaluated step"
+        elif step not in kept:
+            raise ValueError(f"step {step} is not kept in {workdir / CHECKPOINTS_DIR}; kept steps: "
+                             f"{', '.join(map(str, sorted(kept)))}")
+        else:
+            chosen, how = step, "as asked"
+        state = manager.restore(chosen, args=ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardRestore()}))
+    finally:
+        manager.close()
+    state = state[STATE_ITEM]
+    variables = _tree_map(np.asarray, {"params": state["params"], "batch_stats": state["batch_stats"]})
+    return LoadedCheckpoint(variables, load_metadata(workdir), f"{workdir} step {chosen} ({how})")
+
+
+def load_variables(path: str | os.PathLike, step: Optional[int] = None) -> dict[str, Any]:
+    """Variables {'params', 'batch_stats'} of a converted checkpoint or a training run (see `open_checkpoint`)."""
+    return open_checkpoint(path, step).variables
+
+
+def load_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The model description (model.json) of a checkpoint or training run ({} if none)."""
+    path = Path(path).expanduser().absolute()
+    workdir, _ = _run_folders(path)
+    file = (workdir or path) / METADATA_FILE
+    return json.loads(file.read_text()) if file.is_file() else {}
+
+
+def eval_transform(metadata: dict[str, Any]) -> WeightsInfo:
+    """The preprocessing a checkpoint's model was evaluated with: a training run's own (its image size and
+    mean/std), else the reference weights' of its model."""
+    if "preprocessing" in metadata:
+        return WeightsInfo(**{k: tuple(v) if isinstance(v, list) else v for k, v in metadata["preprocessing"].items()})
+    from .registry import weights_info
+
+    return weights_info(metadata["model"])
+
+
+def class_names(metadata: dict[str, Any]) -> Optional[list[str]]:
+    """A training run's class names; ImageNet's for a 1000-class converted checkpoint; else None."""
+    if metadata.get("class_names"):
+        return list(metadata["class_names"])
+    if metadata.get("num_classes", 1000) == 1000:
+        from .preprocessing import imagenet_labels
+
+        return imagenet_labels()
+    return None
+
+
+def _restore(checkpointer_class, path: Path) -> dict[str, Any]:
+    try:
+        with checkpointer_class() as checkpointer:
             restored = checkpointer.restore(path)
     except Exception as error:  # noqa: BLE001 - orbax raises many types; say which folder failed
         raise ValueError(f"cannot read the orbax checkpoint at {path}: {error}") from error
     return _tree_map(np.asarray, restored)
-
-
-def load_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """The model description convert_weights.py stored beside the variables ({} if none)."""
-    file = Path(path) / METADATA_FILE
-    return json.loads(file.read_text()) if file.is_file() else {}
 
 
 def _tree_map(fn, tree):

@@ -144,8 +144,9 @@ def test_safetensors_round_trip_and_cli(tmp_path, state_dict, v3_small):
     assert "Traceback" not in wrong.stderr
 
 
-def test_a_training_run_is_named_not_read_as_a_converted_checkpoint(tmp_path):
-    (tmp_path / "checkpoints" / "20" / "state").mkdir(parents=True)
-    for path in (tmp_path, tmp_path / "checkpoints" / "20"):
-        with pytest.raises(ValueError, match="is a training run .* not a converted checkpoint"):
-            fm.load_variables(path)
+def test_an_unfinished_training_run_is_named(tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    with pytest.raises(ValueError, match="holds no finished checkpoint yet"):
+        fm.load_variables(tmp_path)
+    with pytest.raises(FileNotFoundError, match="holds no checkpoint: expected variables/"):
+        fm.load_variables(tmp_path / "checkpoints")

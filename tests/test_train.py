@@ -81,14 +81,59 @@ def _load_config(name):
     return module.get_config()
 
 
-def test_quickstart_reaches_95_percent_on_digits(tmp_path):
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
     """The README's main-job command, as is: V3-Small on `digits` on this CPU."""
-    result = run_train(tmp_path, config="configs/v3_small_digits.py")
-    final = read_jsonl(tmp_path / "metrics.jsonl")[-1]
+    workdir = tmp_path_factory.mktemp("digits")
+    return workdir, run_train(workdir, config="configs/v3_small_digits.py")
+
+
+def test_quickstart_reaches_95_percent_on_digits(digits_run):
+    workdir, result = digits_run
+    final = read_jsonl(workdir / "metrics.jsonl")[-1]
     assert final["eval_examples"] == 360 and final["eval_top1"] >= 0.95, final
-    assert f"checkpoints: {tmp_path / 'checkpoints'}" in result.stdout
-    assert f"tensorboard --logdir {tmp_path / 'tensorboard'}" in result.stdout
-    assert list((tmp_path / "tensorboard").iterdir()), "no TensorBoard event file"
+    best = max(read_jsonl(workdir / "metrics.jsonl"), key=lambda m: m["eval_top1"])
+    assert f"checkpoints: {workdir / 'checkpoints'} (best: step {best['step']}, eval top-1 " in result.stdout
+    assert f"tensorboard --logdir {workdir / 'tensorboard'}" in result.stdout
+    assert list((workdir / "tensorboard").iterdir()), "no TensorBoard event file"
+    assert "compiling the train step (mobilenet_v3_small, global batch 64, 32x32) ...\ncompiled in" in result.stdout
+    assert "oneDNN" not in result.stderr and "absl::InitializeLog" not in result.stderr, result.stderr[:2000]
+
+
+def held_out_digits(count):
+    """Test-split digits as the 8x8 grey PNGs a user would hand to predict.py, with their labels."""
+    from flax_mobilenet.training.input_pipeline import _digits
+    images, labels = _digits(None).eval
+    return images[:count, :, :, 0], labels[:count]
+
+
+def test_a_trained_run_predicts_its_own_classes_by_workdir(digits_run, tmp_path):
+    from PIL import Image
+    workdir, _ = digits_run
+    images, labels = held_out_digits(8)
+    paths = []
+    for i, image in enumerate(images):
+        paths.append(str(tmp_path / f"digit{i}.png"))
+        Image.fromarray(image).save(paths[-1])
+    result = subprocess.run([sys.executable, str(ROOT / "predict.py"), "--checkpoint", str(workdir), "--json",
+                             *paths], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    predictions = json.loads(result.stdout)
+    assert [p["top5"][0]["label"] for p in predictions] == [str(label) for label in labels]  # its 10 labels
+    assert all(len(p["top5"]) == 5 for p in predictions)
+
+
+def test_eval_only_and_init_from_take_the_best_step_of_a_workdir(digits_run, tmp_path):
+    workdir, _ = digits_run
+    best = max(read_jsonl(workdir / "metrics.jsonl"), key=lambda m: m["eval_top1"])
+    result = run_train(tmp_path / "eval", "--config.eval_only=True", f"--config.init_from={workdir}")
+    assert f"init_from: {workdir} step {best['step']} (best eval_top1 {best['eval_top1']:.4f})" in result.stdout
+    assert read_jsonl(tmp_path / "eval" / "metrics.jsonl")[-1]["eval_top1"] == pytest.approx(best["eval_top1"])
+    step_folder = workdir / "checkpoints" / str(best["step"])
+    result = run_train(tmp_path / "tune", f"--config.init_from={step_folder}", "--config.num_train_steps=2",
+                       "--config.eval_every_steps=2", "--config.progress_bar=False")
+    assert f"init_from: {workdir} step {best['step']} (as asked)" in result.stdout
+    assert read_jsonl(tmp_path / "tune" / "metrics.jsonl")[-1]["eval_top1"] >= 0.9  # fine-tuned from 99%, not 10%
 
 
 @pytest.fixture(scope="module")
@@ -190,10 +235,28 @@ def test_divergence_stops_with_a_clear_message_and_keeps_the_good_checkpoint(tmp
                                       "--config.model.name=..."),
 ])
 def test_bad_config_values_give_one_clear_error(tmp_path, flags, message):
-    result = run_train(tmp_path, *flags, devices=8, check=False)
+    result = run_train(tmp_path / "run", *flags, devices=8, check=False)
     assert result.returncode == 1
     assert message in result.stderr, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists(), "a failed start left its workdir behind"
+
+
+def test_a_batch_size_off_the_recipe_is_explained():
+    from flax_mobilenet.training.defaults import base_config
+    from flax_mobilenet.training.trainer import batch_size_notes
+    config = base_config()
+    config.update(batch_size=7, base_batch_size=0, learning_rate=3e-3)
+    unscaled, small = batch_size_notes(config, recipe_batch_size=64)
+    assert unscaled.startswith("warning: config.batch_size=7 differs from the recipe's 64") and \
+        "--config.base_batch_size=64" in unscaled
+    assert "BatchNorm sees 7 images per device" in small
+    config.update(batch_size=512, base_batch_size=256, learning_rate=0.1)
+    assert batch_size_notes(config, recipe_batch_size=1024) == [
+        "config.batch_size=512 (the recipe's is 1024): the learning rate is scaled linearly to 0.2 (0.1 per 256 "
+        "images)"]
+    config.batch_size = 1024
+    assert batch_size_notes(config, recipe_batch_size=1024) == []
 
 
 def test_unwritable_workdir_is_reported(tmp_path):

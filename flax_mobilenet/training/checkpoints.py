@@ -15,19 +15,12 @@ import orbax.checkpoint as ocp
 from flax import traverse_util
 from orbax.checkpoint.checkpoint_managers import preservation_policy as preservation
 
-from ..checkpoint import VARIABLES_DIR, load_metadata, load_variables
-
-CHECKPOINTS_DIR = "checkpoints"
-BEST_METRIC = "eval_top1"
+from ..checkpoint import (BEST_METRIC, CHECKPOINTS_DIR, STATE_ITEM, LoadedCheckpoint, manager_options,
+                          open_checkpoint)
 
 
 def _best_metric(metrics: dict[str, float]) -> float:
     return metrics[BEST_METRIC]
-
-
-def _manager_options(**options: Any) -> ocp.CheckpointManagerOptions:
-    """best_fn makes `best_step()` the best eval_top1 (without it orbax answers with the latest step)."""
-    return ocp.CheckpointManagerOptions(best_fn=_best_metric, best_mode="max", **options)
 
 
 class TrainingCheckpoints:
@@ -39,7 +32,7 @@ class TrainingCheckpoints:
             preservation.LatestN(n=keep),
             preservation.BestN(get_metric_fn=_best_metric, n=1, keep_checkpoints_without_metrics=False),
         ])
-        options = _manager_options(preservation_policy=policy, enable_async_checkpointing=async_save,
+        options = manager_options(preservation_policy=policy, enable_async_checkpointing=async_save,
                                    cleanup_tmp_directories=True)
         self.manager = ocp.CheckpointManager(self.directory, options=options)
 
@@ -55,14 +48,14 @@ class TrainingCheckpoints:
         return None if step is None else float(self.manager.metrics(step)[BEST_METRIC])
 
     def save(self, step: int, state: Any, metrics: Optional[dict[str, float]] = None) -> None:
-        self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)), metrics=metrics,
+        self.manager.save(step, args=ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardSave(state)}), metrics=metrics,
                           force=True)
 
     def restore(self, step: int, like: Any) -> Any:
         """Restore into the structure, dtypes and shardings of `like` (a state or its abstract twin)."""
         target = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
-        restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
-        return restored.state
+        restored = self.manager.restore(step, args=ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardRestore(target)}))
+        return restored[STATE_ITEM]
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
@@ -71,22 +64,13 @@ class TrainingCheckpoints:
         self.manager.close()
 
 
-def read_pretrained(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Variables and metadata from a converted checkpoint (convert_weights.py) or a training workdir."""
-    source = Path(path).expanduser().absolute()
-    if (source / VARIABLES_DIR).is_dir():
-        return load_variables(source), load_metadata(source)
-    checkpoints = source / CHECKPOINTS_DIR
-    if checkpoints.is_dir():
-        manager = ocp.CheckpointManager(checkpoints, options=_manager_options(read_only=True))
-        step = manager.best_step() or manager.latest_step()
-        if step is None:
-            raise ValueError(f"init_from={path}: the workdir holds no finished checkpoint")
-        tree = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore())).state
-        manager.close()
-        return {"params": tree["params"], "batch_stats": tree["batch_stats"]}, load_metadata(source)
-    raise ValueError(f"init_from={path}: expected a folder written by convert_weights.py (with {VARIABLES_DIR}/) "
-                     f"or a training workdir (with {CHECKPOINTS_DIR}/)")
+def read_pretrained(path: str) -> LoadedCheckpoint:
+    """What `init_from` names: a converted checkpoint, a training workdir (its best step) or one of its step
+    folders."""
+    try:
+        return open_checkpoint(path)
+    except (FileNotFoundError, ValueError) as error:
+        raise ValueError(f"init_from={path}: {error}") from error
 
 
 def merge_pretrained(fresh: dict[str, Any], loaded: dict[str, Any], new_head: str = "classifier"

@@ -36,6 +36,7 @@ class DatasetInfo:
     num_eval: int
     train_split: str
     eval_split: str
+    class_names: tuple[str, ...] = ()  # label index -> name (written to the run's model.json)
 
 
 # ------------------------------------------------------------------------------------------------- sources
@@ -57,7 +58,7 @@ def _digits(config) -> _InMemory:
     pixels = np.round(digits.images * (255 / 16)).astype(np.uint8)[..., None]  # 16 gray levels -> uint8
     x_train, x_test, y_train, y_test = train_test_split(pixels, digits.target.astype(np.int32), test_size=0.2,
                                                         random_state=0, stratify=digits.target)
-    info = DatasetInfo("digits", 10, len(y_train), len(y_test), "train", "test")
+    info = DatasetInfo("digits", 10, len(y_train), len(y_test), "train", "test", tuple(map(str, range(10))))
     return _InMemory(info, (x_train, y_train), (x_test, y_test), is_files=False)
 
 
@@ -97,7 +98,7 @@ def _folder(name: str) -> _InMemory:
             raise DatasetError(f"{root}: the 90/10 split of its {len(paths)} images leaves "
                                f"{'no eval' if not held_out.any() else 'no train'} images; add images, or put the "
                                f"splits in train/ and val/ sub-folders")
-    info = DatasetInfo(name, len(classes), len(train[1]), len(evaluation[1]), *splits)
+    info = DatasetInfo(name, len(classes), len(train[1]), len(evaluation[1]), *splits, tuple(classes))
     return _InMemory(info, train, evaluation, is_files=True)
 
 
@@ -128,7 +129,8 @@ def _tfds_builder(config):
     features = builder.info.features
     if "image" not in features or "label" not in features:
         raise DatasetError(f"{config.dataset!r} is not an image-classification dataset (needs 'image' and 'label')")
-    info = DatasetInfo(config.dataset, features["label"].num_classes, num_train, num_eval, train, evaluation)
+    info = DatasetInfo(config.dataset, features["label"].num_classes, num_train, num_eval, train, evaluation,
+                       tuple(features["label"].names))
     return builder, info
 
 

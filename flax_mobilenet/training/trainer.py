@@ -4,8 +4,10 @@ from __future__ import annotations
 import collections
 import functools
 import json
+import itertools
 import math
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -169,24 +171,32 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------------------- state
     def initial_state(self) -> tuple[steps.TrainState, int]:
-        """Resume from the workdir's latest checkpoint, else start fresh (from `init_from` if set)."""
+        """Resume from the workdir's latest checkpoint (eval_only: its best), else start fresh (from `init_from`
+        if set)."""
         state = self._init(jax.random.key(self.config.seed))
         latest = self.checkpoints.latest_step()
         if latest is not None:
-            self.log(f"resuming from {self.checkpoints.directory / str(latest)}")
-            return self.checkpoints.restore(latest, state), latest
+            best = self.checkpoints.best_step() if self.config.eval_only else None
+            step = latest if best is None else best
+            self.log(f"{'evaluating' if self.config.eval_only else 'resuming from'} "
+                     f"{self.checkpoints.directory / str(step)}" + (" (the best step)" if best is not None else ""))
+            return self.checkpoints.restore(step, state), step
         if self.config.get("init_from"):
             state = self._load_pretrained(state)
         return state, 0
 
     def _load_pretrained(self, state: steps.TrainState) -> steps.TrainState:
-        loaded, metadata = read_pretrained(self.config.init_from)
-        expected = self.config.model.name
-        if metadata.get("model") not in (None, expected):
-            raise ConfigError(f"init_from={self.config.init_from} holds a {metadata['model']} checkpoint, but "
-                              f"config.model.name is {expected}")
+        try:
+            pretrained = read_pretrained(self.config.init_from)
+        except ValueError as error:
+            raise ConfigError(str(error)) from error
+        expected, stored = self.config.model.name, pretrained.metadata.get("model")
+        if stored not in (None, expected):
+            raise ConfigError(f"init_from={self.config.init_from} holds a {stored} checkpoint, but "
+                              f"config.model.name is {expected}: set --config.model.name={stored}")
+        self.log(f"init_from: {pretrained.description}")
         fresh = {"params": state.params, "batch_stats": state.batch_stats}
-        merged, kept_fresh = merge_pretrained(jax.device_get(fresh), loaded)
+        merged, kept_fresh = merge_pretrained(jax.device_get(fresh), pretrained.variables)
         if kept_fresh:
             self.log(f"init_from: new head for {self.info.num_classes} classes ({', '.join(kept_fresh)})")
         merged = jax.device_put(merged, self.replicated)
@@ -240,6 +250,11 @@ class Trainer:
         batches = _device_batches(input_pipeline.train_batches(
             config, global_batch_size=config.batch_size, process_index=jax.process_index(),
             process_count=jax.process_count(), start_step=start_step), self.data_sharding)
+        train_step = self._train_step
+        if start_step < self.num_steps:
+            first = next(batches)
+            train_step = self._compile_train_step(state, first)
+            batches = itertools.chain([first], batches)
         watch = _PreemptionWatch()
         progress = self._progress_bar(start_step)
         pending: list[dict[str, jax.Array]] = []
@@ -247,7 +262,7 @@ class Trainer:
         last_log_time, last_log_step = time.time(), start_step
         try:
             for step in range(start_step + 1, self.num_steps + 1):
-                state, metrics = self._train_step(state, next(batches))
+                state, metrics = train_step(state, next(batches))
                 pending.append(metrics)
                 final = step == self.num_steps
                 do_eval = final or step % config.eval_every_steps == 0
@@ -293,6 +308,16 @@ class Trainer:
             last_eval = {"step": self.num_steps, **self.evaluate(state)}
         self._print_summary(last_eval, time.time() - started)
         return last_eval
+
+    def _compile_train_step(self, state: steps.TrainState, batch: dict[str, jax.Array]):
+        """Compile ahead of the first step, saying so: it takes seconds to minutes, during which nothing moves."""
+        config = self.config
+        self.log(f"compiling the train step ({config.model.name}, global batch {config.batch_size}, "
+                 f"{config.image_size}x{config.image_size}) ...")
+        started = time.time()
+        compiled = self._train_step.lower(state, batch).compile()
+        self.log(f"compiled in {time.time() - started:.1f} s")
+        return compiled
 
     def _eval_only(self, state: steps.TrainState, step: int) -> dict[str, Any]:
         if step == 0 and not self.config.get("init_from"):
@@ -343,7 +368,9 @@ class Trainer:
         from ..checkpoint import METADATA_FILE
         options = {k: v for k, v in self.config.model.items() if k not in ("name", "num_classes", "dropout")}
         metadata = {"model": self.config.model.name, "num_classes": self.info.num_classes, "overrides": options,
-                    "dataset": self.info.name}
+                    "dataset": self.info.name, "image_size": self.config.image_size,
+                    "preprocessing": input_pipeline.eval_transform(self.config).to_json(),
+                    "class_names": list(self.info.class_names)}
         (self.workdir / METADATA_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
 
     def _print_summary(self, last_eval: dict[str, Any], seconds: float) -> None:
@@ -359,12 +386,48 @@ class Trainer:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Train (or, with `eval_only`, evaluate) as configured; resumes from `workdir` when it holds checkpoints."""
-    trainer = Trainer(config, workdir)
+    """Train (or, with `eval_only`, evaluate) as configured; resumes from `workdir` when it holds checkpoints.
+
+    A start that fails before writing anything removes the workdir it created (no empty run folders left)."""
+    path = Path(workdir).expanduser().absolute()
+    created = not path.exists()
+    trainer = None
     try:
+        trainer = Trainer(config, workdir)
         return trainer.train()
+    except BaseException:
+        if trainer is not None:
+            trainer.checkpoints.close()
+            trainer = None
+        if created and path.is_dir() and not any(p.is_file() for p in path.rglob("*")):
+            shutil.rmtree(path, ignore_errors=True)
+        raise
     finally:
-        trainer.checkpoints.close()
+        if trainer is not None:
+            trainer.checkpoints.close()
+
+
+def batch_size_notes(config: ml_collections.ConfigDict, recipe_batch_size: int) -> list[str]:
+    """What changes when the global batch is not the recipe's: the learning rate (scaled or not) and
+    BatchNorm's per-device batch."""
+    notes, batch = [], config.batch_size
+    base = config.get("base_batch_size", 0)
+    if batch != recipe_batch_size:
+        if base:
+            notes.append(f"config.batch_size={batch} (the recipe's is {recipe_batch_size}): the learning rate is "
+                         f"scaled linearly to {config.learning_rate * batch / base:.4g} "
+                         f"({config.learning_rate:g} per {base} images)")
+        else:
+            notes.append(f"warning: config.batch_size={batch} differs from the recipe's {recipe_batch_size}, and "
+                         f"config.base_batch_size=0, so the learning rate stays {config.learning_rate:g} (tuned for "
+                         f"{recipe_batch_size}); scale it linearly with --config.base_batch_size={recipe_batch_size} "
+                         f"(lr {config.learning_rate * batch / recipe_batch_size:.4g}) or set "
+                         f"--config.learning_rate")
+    per_device = batch // max(jax.device_count(), 1)
+    if not config.eval_only and per_device < 16:
+        notes.append(f"warning: BatchNorm sees {per_device} images per device per step: its batch statistics are "
+                     f"noisy below ~16; use a larger config.batch_size")
+    return notes
 
 
 def data_parallel_environment() -> str:
