@@ -66,11 +66,12 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 def preprocess(image: Image.Image, image_size: int = 224, resize_size: int | None = None,
                interpolation: str = "bilinear", mean: tuple[float, ...] = IMAGENET_MEAN,
-               std: tuple[float, ...] = IMAGENET_STD) -> np.ndarray:
+               std: tuple[float, ...] = IMAGENET_STD, center_crop: bool = True) -> np.ndarray:
     """Resize of the shorter side, center crop, normalize: torchvision's and timm's eval transform.
 
     Returns (image_size, image_size, 3) float32 NHWC-ready. `resize_size` defaults to
-    round(image_size * 256 / 224), the usual 0.875 crop ratio (256 at 224).
+    round(image_size * 256 / 224), the usual 0.875 crop ratio (256 at 224).  With `center_crop=False`
+    (torchvision's SemanticSegmentation) the resized image is returned whole, (H, W, 3).
     """
     if resize_size is None:
         resize_size = round(image_size * 256 / 224)
@@ -85,9 +86,11 @@ def preprocess(image: Image.Image, image_size: int = 224, resize_size: int | Non
     if new_size != image.size:
         image = image.resize(new_size, RESAMPLING[interpolation])
     width, height = image.size
-    top = int(round((height - image_size) / 2.0))
-    left = int(round((width - image_size) / 2.0))
-    pixels = np.asarray(image.crop((left, top, left + image_size, top + image_size)), dtype=np.float32)
+    if center_crop:
+        top = int(round((height - image_size) / 2.0))
+        left = int(round((width - image_size) / 2.0))
+        image = image.crop((left, top, left + image_size, top + image_size))
+    pixels = np.asarray(image, dtype=np.float32)
     # Same float32 operations as ToTensor (x / 255) then Normalize ((x - mean) / std).
     pixels = pixels / np.float32(255)
     return (pixels - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
@@ -95,7 +98,8 @@ def preprocess(image: Image.Image, image_size: int = 224, resize_size: int | Non
 
 def preprocess_for(image: Image.Image, weights: WeightsInfo) -> np.ndarray:
     """`preprocess` with the eval transform a model's weights expect (`flax_mobilenet.weights_info(name)`)."""
-    return preprocess(image, weights.crop_size, weights.resize_size, weights.interpolation, weights.mean, weights.std)
+    return preprocess(image, weights.crop_size, weights.resize_size, weights.interpolation, weights.mean, weights.std,
+                      weights.center_crop)
 
 
 def classify(logits_fn: Callable[[np.ndarray], Any], images: np.ndarray, batch_size: int,

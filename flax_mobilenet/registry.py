@@ -76,9 +76,25 @@ def model_spec(name: str, **overrides: Any) -> ModelSpec:
     return entry.resolve(source=entry.source, **architecture)
 
 
-def create_model(name: str, num_classes: Optional[int] = 1000, **overrides: Any) -> MobileNet:
-    """Build a registered model; overrides use torchvision's argument names (`width_mult`, ...)."""
-    architecture, module_options = _split_options(name, dict(overrides, num_classes=num_classes))
+class _ReferenceClasses:
+    """create_model's default num_classes: the reference's class count."""
+
+    def __repr__(self) -> str:
+        return "REFERENCE_CLASSES"
+
+
+REFERENCE_CLASSES: Any = _ReferenceClasses()
+
+
+def create_model(name: str, num_classes: Optional[int] = REFERENCE_CLASSES, **overrides: Any) -> MobileNet:
+    """Build a registered model; overrides use torchvision's argument names (`width_mult`, ...).
+
+    `num_classes` defaults to the reference's: 1000 (ImageNet classifiers), or the `num_classes` of the
+    name's defaults (21 for torchvision's VOC-label segmentation models).
+    """
+    if num_classes is not REFERENCE_CLASSES:
+        overrides["num_classes"] = num_classes
+    architecture, module_options = _split_options(name, overrides)
     if module_options.get("feature_taps") is not None:
         module_options["feature_taps"] = tuple(module_options["feature_taps"])
     entry = model_entry(name)

@@ -12,17 +12,22 @@ from typing import Optional
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 INTERPOLATIONS = ("bilinear", "bicubic")
+# torchvision's _VOC_CATEGORIES: the label set ('voc') of its COCO_WITH_VOC_LABELS segmentation weights.
+VOC_LABELS = ("__background__", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
+              "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
+              "tvmonitor")
 
 
 @dataclasses.dataclass(frozen=True)
 class WeightsInfo:
     resize_size: int  # shorter side before the center crop
-    crop_size: int  # the evaluated image size
+    crop_size: int  # the evaluated image size (without center_crop: the nominal square size, = resize_size)
     interpolation: str = "bilinear"
     mean: tuple[float, float, float] = IMAGENET_MEAN  # inputs are (x / 255 - mean) / std
     std: tuple[float, float, float] = IMAGENET_STD
     labels: str = "imagenet1k"
     reference: str = ""  # which published weights these facts describe
+    center_crop: bool = True  # False: the resized image is evaluated whole (torchvision's SemanticSegmentation)
 
     def __post_init__(self) -> None:
         if self.interpolation not in INTERPOLATIONS:
@@ -40,8 +45,8 @@ class WeightsInfo:
     def describe(self) -> str:
         scale = ("scale to [0, 1]" if self.mean == (0.0, 0.0, 0.0) and self.std == (1.0, 1.0, 1.0)
                  else "scale to [0, 1], subtract mean, divide by std")
-        return (f"RGB, resize shorter side to {self.resize_size} ({self.interpolation}), "
-                f"center crop {self.crop_size}, {scale}")
+        crop = f"center crop {self.crop_size}, " if self.center_crop else "no crop, "
+        return f"RGB, resize shorter side to {self.resize_size} ({self.interpolation}), {crop}{scale}"
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -58,3 +63,9 @@ def timm_weights(reference: str, crop_size: int = 224, crop_pct: float = 0.875, 
     """timm's eval transform from a pretrained_cfg: resize to floor(crop / crop_pct), then center crop."""
     return WeightsInfo(math.floor(crop_size / crop_pct), crop_size, interpolation, tuple(mean), tuple(std),
                        reference=reference)
+
+
+def torchvision_segmentation_weights(reference: str, resize_size: int = 520) -> WeightsInfo:
+    """torchvision's SemanticSegmentation transform: bilinear resize of the shorter side, no crop, ImageNet
+    mean/std; the VOC label set (COCO_WITH_VOC_LABELS weights)."""
+    return WeightsInfo(resize_size, resize_size, "bilinear", labels="voc", reference=reference, center_crop=False)

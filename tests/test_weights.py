@@ -12,7 +12,8 @@ from flax_mobilenet.registry import model_entry
 
 from timm.data import create_transform, resolve_data_config
 
-TORCHVISION = [n for n in fm.list_models() if model_entry(n).source == "torchvision"]
+# classification transforms; the segmentation models' (no crop) are checked in test_segmentation.py
+TORCHVISION = [n for n in fm.list_models() if model_entry(n).source == "torchvision" and fm.weights_info(n).center_crop]
 TIMM = [n for n in fm.list_models() if model_entry(n).source == "timm"]
 
 

@@ -7,6 +7,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ..heads import DenseHeads, resize_bilinear
 from ..layers.conv import ConvNormAct, LayerSettings, dense_init
 from ..layers.ops import activation
 from .spec import ModelSpec, feature_info
@@ -34,7 +35,9 @@ class MobileNet(nn.Module):
     Layers are named `features_N` after the N-th entry of `spec.layers` (torchvision's `features[N]` for
     V1-V3).  With `feature_taps` (names from `feature_info`, e.g. 'stride8', 'features.4',
     'features.13.expand') the call returns a dict of those maps and builds no head.  `num_classes`
-    0/None returns the pooled features.
+    0/None returns the pooled features.  A spec whose head is `DenseHeads` (segmentation) runs each head
+    on its taps and returns logits (N, H, W, num_classes) at the input size, or {output: logits} with
+    several heads (torchvision's 'out', 'aux'); with `num_classes` 0/None, the maps its heads take.
     """
 
     spec: ModelSpec
@@ -49,10 +52,10 @@ class MobileNet(nn.Module):
     def settings(self) -> LayerSettings:
         return LayerSettings(self.spec.bn_eps, self.spec.bn_momentum, self.fold_bn, self.dtype, self.depthwise_impl)
 
-    def _taps_by_layer(self) -> dict[int, list[tuple[str, Optional[str]]]]:
+    def _taps_by_layer(self, names: Sequence[str]) -> dict[int, list[tuple[str, Optional[str]]]]:
         available = feature_info(self.spec)
         by_layer: dict[int, list[tuple[str, Optional[str]]]] = {}
-        for name in self.feature_taps:
+        for name in names:
             if name not in available:
                 strides = sorted({info.stride for info in available.values() if info.name.startswith("stride")})
                 inner = sorted({info.inner for info in available.values() if info.inner})
@@ -68,8 +71,10 @@ class MobileNet(nn.Module):
         check_images(x)
         settings = self.settings
         layers = [layer.block.module(settings, f"features_{i}") for i, layer in enumerate(self.spec.layers)]
-        taps = self._taps_by_layer() if self.feature_taps is not None else {}
-        outputs = {}
+        dense = isinstance(self.spec.head, DenseHeads) and self.feature_taps is None
+        wanted = self.spec.head.taps if dense else self.feature_taps
+        taps = self._taps_by_layer(wanted) if wanted is not None else {}
+        outputs, size = {}, x.shape[1:3]
         x = x.astype(self.dtype)
         for index, layer in enumerate(layers[: (max(taps) if taps else len(layers) - 1) + 1]):
             points = tuple(point for _, point in taps.get(index, ()) if point)
@@ -79,9 +84,24 @@ class MobileNet(nn.Module):
                 x = layer(x, train)
             for name, point in taps.get(index, ()):
                 outputs[name] = inner[point] if point else x
+        if dense:
+            return self.segment(outputs, size, train)
         if self.feature_taps is not None:
             return outputs
         return self.classify(jnp.mean(x, axis=(1, 2)), train)
+
+    def segment(self, features: dict[str, jax.Array], size: tuple[int, int],
+                train: bool) -> Union[jax.Array, dict[str, jax.Array]]:
+        """Each dense head on its taps, its logits upsampled (bilinear, align_corners=False) to `size`."""
+        heads: DenseHeads = self.spec.head
+        if not self.num_classes:
+            return features
+        logits = {}
+        for output, head in heads.heads:
+            module = head.module(self.settings, self.num_classes, heads.module_name(head))
+            x = module({role: features[tap] for role, tap in head.taps.items()}, train)
+            logits[output] = resize_bilinear(x, size).astype(jnp.float32)
+        return logits if len(logits) > 1 else logits[heads.heads[0][0]]
 
     def classify(self, x: jax.Array, train: bool) -> jax.Array:
         head = self.spec.head

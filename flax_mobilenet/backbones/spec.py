@@ -8,9 +8,10 @@ converter and `feature_info` all read this one value, so they cannot disagree ab
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Union
 
 from ..blocks import Block
+from ..heads import DenseHeads
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +42,7 @@ class ClassifierSpec:
 class ModelSpec:
     source: str  # 'torchvision' | 'timm': whose module layout the torch prefixes follow
     layers: tuple[Layer, ...]
-    head: ClassifierSpec
+    head: Union[ClassifierSpec, DenseHeads]  # a classifier, or dense-prediction heads on feature taps
     bn_eps: float
     bn_momentum: float  # PyTorch convention
 
@@ -52,7 +53,7 @@ class ModelSpec:
     @property
     def num_features(self) -> int:
         """Width of the pooled features that feed the classifier."""
-        return self.head.hidden_features or self.layers[-1].block.out_features
+        return getattr(self.head, "hidden_features", 0) or self.layers[-1].block.out_features
 
 
 class FeatureInfo(NamedTuple):

@@ -10,6 +10,7 @@ import functools
 from typing import Any, Mapping, Optional
 
 from ..backbones.spec import ModelSpec
+from ..heads import DenseHeads
 from ..layers import torch_keys as tk
 from ..layers.torch_keys import TensorMapping
 from ..registry import list_models, model_entry, model_spec
@@ -17,10 +18,12 @@ from .torch_io import ConversionError, to_numpy, unwrap_state_dict
 
 
 def tensor_mappings(spec: ModelSpec, num_classes: Optional[int]) -> list[TensorMapping]:
-    """Every tensor of the model, in the order of its layers, then its head."""
+    """Every tensor of the model, in the order of its layers, then its head (no head for num_classes 0/None)."""
     out: list[TensorMapping] = []
     for index, layer in enumerate(spec.layers):
         out += layer.block.torch_tensors(layer.torch_prefix, (f"features_{index}",))
+    if isinstance(spec.head, DenseHeads):  # each dense head gives its own tensors, as block kinds do
+        return out + (list(spec.head.torch_tensors(num_classes)) if num_classes else [])
     head, width = spec.head, spec.layers[-1].block.out_features
     if head.hidden_features and head.hidden_norm:
         out += tk.conv_norm(("pre_logits",), head.hidden_key, head.hidden_norm_key, width, head.hidden_features, 1)
@@ -48,10 +51,12 @@ def detect_layout(state_dict: Mapping[str, Any]) -> str:
 
 
 def _classes_in(state_dict: Mapping[str, Any], spec: ModelSpec) -> int:
+    """The class count of the checkpoint's first class-sized tensor (a classifier's or a dense head's weight)."""
+    headless = {m.torch_key for m in tensor_mappings(spec, 0)}
     for mapping in tensor_mappings(spec, 1):
-        if mapping.flax_path == ("classifier", "kernel"):
+        if mapping.torch_key not in headless and mapping.torch_shape[0] == 1 and len(mapping.torch_shape) > 1:
             weight = state_dict.get(mapping.torch_key)
-            return int(weight.shape[0]) if weight is not None and len(weight.shape) == 2 else 0
+            return int(weight.shape[0]) if weight is not None and len(weight.shape) == len(mapping.torch_shape) else 0
     return 0
 
 
@@ -89,7 +94,7 @@ def convert_state_dict(name: str, state_dict: Mapping[str, Any], **overrides: An
     """
     state_dict = unwrap_state_dict(state_dict)
     layout = detect_layout(state_dict)
-    num_classes = overrides.pop("num_classes", 1000)
+    num_classes = overrides.pop("num_classes", model_entry(name).defaults.get("num_classes", 1000))
     spec = model_spec(name, **overrides)
     if layout != model_entry(name).source:
         guess = guess_model(state_dict)

@@ -1,0 +1,73 @@
+"""Dense-prediction heads: what replaces the classifier of a segmentation model.
+
+Each head kind lives in one file, the way block kinds live in `blocks/`: its spec (a frozen dataclass
+with its channels, the feature taps it reads and its PyTorch module prefix), its Flax module and its
+PyTorch key mapping.  The builder, the converter and BatchNorm folding know a head only through the
+`Head` protocol below; a model's `ModelSpec.head` is then a `DenseHeads` instead of a `ClassifierSpec`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterator, Mapping, Protocol
+
+import flax.linen as nn
+
+from ..layers.conv import LayerSettings
+from ..layers.torch_keys import FlaxPath, TensorMapping
+from .resize import resize_bilinear
+
+
+class Head(Protocol):
+    """What every head kind's spec provides."""
+
+    torch_prefix: str  # its module path in the reference's state dict ('classifier', 'aux_classifier')
+
+    @property
+    def taps(self) -> dict[str, str]:
+        """The head's inputs: role -> feature tap name of the backbone (`feature_info`), e.g. {'low': 'features.4'}."""
+
+    def module(self, settings: LayerSettings, num_classes: int, name: str) -> nn.Module:
+        """The Flax module, called as `module({role: feature map}, train)` -> logits (N, h, w, num_classes)
+        at the head's own resolution (the builder upsamples them to the input size)."""
+
+    def torch_tensors(self, num_classes: int, flax_path: FlaxPath) -> Iterator[TensorMapping]:
+        """Every tensor of the head in the reference's state dict (under `torch_prefix`)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DenseHeads:
+    """The heads of a dense-prediction model, by output name (torchvision's 'out', 'aux').
+
+    Each head's logits are upsampled (bilinear, align_corners=False) to the input size.  A model with
+    one head returns its logits (N, H, W, num_classes); with several it returns {output: logits}.
+    """
+
+    heads: tuple[tuple[str, Head], ...]
+
+    @property
+    def taps(self) -> tuple[str, ...]:
+        """Every feature tap the heads read, each once, in order."""
+        return tuple(dict.fromkeys(tap for _, head in self.heads for tap in head.taps.values()))
+
+    @staticmethod
+    def module_name(head: Head) -> str:
+        """The Flax name of a head's module: its PyTorch prefix with '_' for '.'."""
+        return head.torch_prefix.replace(".", "_")
+
+    def torch_tensors(self, num_classes: int) -> Iterator[TensorMapping]:
+        for _, head in self.heads:
+            yield from head.torch_tensors(num_classes, (self.module_name(head),))
+
+
+def channels_of(info: Mapping[str, object], tap: str) -> int:
+    """The channels of feature tap `tap` in a model's `feature_info` (naming the taps there when unknown)."""
+    if tap not in info:
+        raise ValueError(f"unknown feature tap {tap!r} for this head; the backbone has {', '.join(info)}")
+    return int(getattr(info[tap], "channels"))
+
+
+from .deeplabv3 import DeepLabV3Spec  # noqa: E402  (head kinds import channels_of above)
+from .fcn import FcnSpec  # noqa: E402
+from .lraspp import LrasppSpec  # noqa: E402
+
+__all__ = ["DeepLabV3Spec", "DenseHeads", "FcnSpec", "Head", "LrasppSpec", "channels_of", "resize_bilinear"]
