@@ -16,6 +16,19 @@ INTERPOLATIONS = ("bilinear", "bicubic")
 VOC_LABELS = ("__background__", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
               "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
               "tvmonitor")
+# torchvision's _COCO_CATEGORIES: the label set ('coco') of its COCO detection weights, 91 entries indexed by
+# COCO category id ('__background__' at 0, 'N/A' for the ids COCO leaves unused).
+COCO_LABELS = ("__background__", "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
+               "traffic light", "fire hydrant", "N/A", "stop sign", "parking meter", "bench", "bird", "cat", "dog",
+               "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "N/A", "backpack", "umbrella", "N/A",
+               "N/A", "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball", "kite",
+               "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket", "bottle", "N/A",
+               "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple", "sandwich", "orange",
+               "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch", "potted plant", "bed",
+               "N/A", "dining table", "N/A", "N/A", "toilet", "N/A", "tv", "laptop", "mouse", "remote", "keyboard",
+               "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "N/A", "book", "clock", "vase",
+               "scissors", "teddy bear", "hair drier", "toothbrush")
+RESIZE_MODES = ("shorter", "fixed")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,10 +41,18 @@ class WeightsInfo:
     labels: str = "imagenet1k"
     reference: str = ""  # which published weights these facts describe
     center_crop: bool = True  # False: the resized image is evaluated whole (torchvision's SemanticSegmentation)
+    # 'shorter': the shorter side is resized to resize_size (aspect kept); 'fixed': the image is resized to
+    # crop_size x crop_size, aspect not kept, and not cropped (torchvision's detection transform with fixed_size).
+    resize_mode: str = "shorter"
 
     def __post_init__(self) -> None:
         if self.interpolation not in INTERPOLATIONS:
             raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}")
+        if self.resize_mode not in RESIZE_MODES:
+            raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {self.resize_mode!r}")
+        if self.resize_mode == "fixed" and (self.center_crop or self.resize_size != self.crop_size):
+            raise ValueError("resize_mode 'fixed' resizes to crop_size x crop_size: it takes center_crop=False and "
+                             "resize_size == crop_size")
         if self.resize_size < self.crop_size:
             raise ValueError(f"resize_size {self.resize_size} < crop_size {self.crop_size}")
 
@@ -45,6 +66,9 @@ class WeightsInfo:
     def describe(self) -> str:
         scale = ("scale to [0, 1]" if self.mean == (0.0, 0.0, 0.0) and self.std == (1.0, 1.0, 1.0)
                  else "scale to [0, 1], subtract mean, divide by std")
+        if self.resize_mode == "fixed":
+            return (f"RGB, resize to {self.crop_size}x{self.crop_size} ({self.interpolation}, aspect not kept), "
+                    f"no crop, {scale}")
         crop = f"center crop {self.crop_size}, " if self.center_crop else "no crop, "
         return f"RGB, resize shorter side to {self.resize_size} ({self.interpolation}), {crop}{scale}"
 
@@ -69,3 +93,14 @@ def torchvision_segmentation_weights(reference: str, resize_size: int = 520) -> 
     """torchvision's SemanticSegmentation transform: bilinear resize of the shorter side, no crop, ImageNet
     mean/std; the VOC label set (COCO_WITH_VOC_LABELS weights)."""
     return WeightsInfo(resize_size, resize_size, "bilinear", labels="voc", reference=reference, center_crop=False)
+
+
+def torchvision_detection_weights(reference: str, size: int = 320, mean: tuple[float, float, float] = (0.5, 0.5, 0.5),
+                                  std: tuple[float, float, float] = (0.5, 0.5, 0.5)) -> WeightsInfo:
+    """torchvision's SSDLite320 transform (GeneralizedRCNNTransform with fixed_size=(size, size)): bilinear
+    resize to size x size whatever the aspect (torch's interpolate on the [0, 1] float image, align_corners=False,
+    no antialias: `heads.resize_bilinear`), no crop, then
+    (x - mean) / std with SSDLite's 0.5/0.5 ([0, 1] -> [-1, 1]); the 91 COCO category ids ('coco' labels).
+    Detected boxes come back in input pixels: scale them to the original image (`detection.rescale_detections`)."""
+    return WeightsInfo(size, size, "bilinear", tuple(mean), tuple(std), labels="coco", reference=reference,
+                       center_crop=False, resize_mode="fixed")

@@ -37,7 +37,8 @@ class MobileNet(nn.Module):
     'features.13.expand') the call returns a dict of those maps and builds no head.  `num_classes`
     0/None returns the pooled features.  A spec whose head is `DenseHeads` (segmentation) runs each head
     on its taps and returns logits (N, H, W, num_classes) at the input size, or {output: logits} with
-    several heads (torchvision's 'out', 'aux'); with `num_classes` 0/None, the maps its heads take.
+    several heads (torchvision's 'out', 'aux'); with `num_classes` 0/None, the maps its heads take.  A detection
+    head (SSDLite) returns {'bbox_regression', 'cls_logits'} per anchor; `anchors` and `detect` serve it.
     """
 
     spec: ModelSpec
@@ -100,8 +101,30 @@ class MobileNet(nn.Module):
         for output, head in heads.heads:
             module = head.module(self.settings, self.num_classes, heads.module_name(head))
             x = module({role: features[tap] for role, tap in head.taps.items()}, train)
-            logits[output] = resize_bilinear(x, size).astype(jnp.float32)
+            if getattr(head, "upsample", True):
+                x = resize_bilinear(x, size)
+            logits[output] = jax.tree.map(lambda y: y.astype(jnp.float32), x)  # a head may return a dict (SSD)
         return logits if len(logits) > 1 else logits[heads.heads[0][0]]
+
+    def _detection_head(self) -> Any:
+        heads = [head for _, head in getattr(self.spec.head, "heads", ()) if hasattr(head, "anchors")]
+        if not heads:
+            raise ValueError("not a detection model: its head has no anchors (see list_models(), 'ssdlite*')")
+        return heads[0]
+
+    def anchors(self, image_size: Sequence[int]) -> Any:
+        """A detection model's default boxes for inputs of (height, width): (anchors, 4) float32 xyxy input
+        pixels, in the order of its outputs (NumPy, from the spec alone: no variables, nothing traced)."""
+        return self._detection_head().anchors(image_size)
+
+    def detect(self, variables: Any, images: jax.Array, **options: Any) -> Any:
+        """A detection model's `detection.Detections` (boxes in input pixels, scores, labels, num_valid) for a
+        batch of normalized NHWC images: `apply`, then the head's post-processing (torchvision's
+        `SSD.postprocess_detections`; `options` override its thresholds).  Jit-able (jax.jit(model.detect))."""
+        postprocess = self._detection_head().postprocessor(images.shape[1:3], **options)  # checks the options
+        if not self.num_classes:
+            raise ValueError("detect needs the head: this model was built with num_classes=0 (the feature maps)")
+        return postprocess(self.apply(variables, images, train=False))
 
     def classify(self, x: jax.Array, train: bool) -> jax.Array:
         head = self.spec.head

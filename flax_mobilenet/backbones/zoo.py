@@ -4,3 +4,4 @@ from . import shufflenet_v2  # noqa: F401
 from . import mobilevit  # noqa: F401
 from . import mobilenet_v4  # noqa: F401
 from . import segmentation  # noqa: F401  (dense heads on the families above)
+from . import detection  # noqa: F401  (SSDLite on the families above)

@@ -51,12 +51,16 @@ def detect_layout(state_dict: Mapping[str, Any]) -> str:
 
 
 def _classes_in(state_dict: Mapping[str, Any], spec: ModelSpec) -> int:
-    """The class count of the checkpoint's first class-sized tensor (a classifier's or a dense head's weight)."""
-    headless = {m.torch_key for m in tensor_mappings(spec, 0)}
-    for mapping in tensor_mappings(spec, 1):
-        if mapping.torch_key not in headless and mapping.torch_shape[0] == 1 and len(mapping.torch_shape) > 1:
+    """The class count of the checkpoint's first class-sized weight (a classifier's or a dense head's): the first
+    weight whose leading dimension grows with num_classes, k per class (SSD: k = anchors per location)."""
+    one = {m.torch_key: m.torch_shape for m in tensor_mappings(spec, 1)}
+    for mapping in tensor_mappings(spec, 2):
+        per_class = one.get(mapping.torch_key, (0,))[0]
+        if len(mapping.torch_shape) > 1 and mapping.torch_shape[0] == 2 * per_class > 0:
             weight = state_dict.get(mapping.torch_key)
-            return int(weight.shape[0]) if weight is not None and len(weight.shape) == len(mapping.torch_shape) else 0
+            if weight is None or len(weight.shape) != len(mapping.torch_shape) or weight.shape[0] % per_class:
+                return 0
+            return int(weight.shape[0]) // per_class
     return 0
 
 

@@ -21,6 +21,9 @@ class Head(Protocol):
     """What every head kind's spec provides."""
 
     torch_prefix: str  # its module path in the reference's state dict ('classifier', 'aux_classifier')
+    # Optional, default True: the builder upsamples the head's logits to the input size.  False: it returns the
+    # head's output as it is (an array or a dict of arrays: SSDLite's per-anchor predictions).
+    upsample: bool
 
     @property
     def taps(self) -> dict[str, str]:
@@ -69,5 +72,7 @@ def channels_of(info: Mapping[str, object], tap: str) -> int:
 from .deeplabv3 import DeepLabV3Spec  # noqa: E402  (head kinds import channels_of above)
 from .fcn import FcnSpec  # noqa: E402
 from .lraspp import LrasppSpec  # noqa: E402
+from .ssdlite import SsdliteSpec  # noqa: E402
 
-__all__ = ["DeepLabV3Spec", "DenseHeads", "FcnSpec", "Head", "LrasppSpec", "channels_of", "resize_bilinear"]
+__all__ = ["DeepLabV3Spec", "DenseHeads", "FcnSpec", "Head", "LrasppSpec", "SsdliteSpec", "channels_of",
+           "resize_bilinear"]
