@@ -60,7 +60,10 @@ def resolve_model(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         if name is None:
             raise ValueError(f"{args.checkpoint} has no model.json naming its model: pass --model")
         overrides = metadata.get("overrides", {})
-        fm.model_spec(name, **overrides)  # options the model does not take fail here
+        task = fm.model_spec(name, **overrides).task  # options the model does not take fail here
+        if task != "classification":
+            raise ValueError(f"{name} is a {task} model; predict.py serves classifiers only so far: in Python, "
+                             f"use fm.create_model({name!r}).apply (detection: model.detect) on preprocessed images")
         return name, metadata.get("num_classes", 1000), overrides
     except (ValueError, TypeError) as error:
         parser.error(str(error))

@@ -92,7 +92,7 @@ def test_quickstart_reaches_95_percent_on_digits(digits_run):
     workdir, result = digits_run
     final = read_jsonl(workdir / "metrics.jsonl")[-1]
     assert final["eval_examples"] == 360 and final["eval_top1"] >= 0.95, final
-    best = max(read_jsonl(workdir / "metrics.jsonl"), key=lambda m: m["eval_top1"])
+    best = max(read_jsonl(workdir / "metrics.jsonl"), key=lambda m: (m["eval_top1"], m["step"]))  # ties: latest
     assert f"checkpoints: {workdir / 'checkpoints'} (best: step {best['step']}, eval top-1 " in result.stdout
     assert f"tensorboard --logdir {workdir / 'tensorboard'}" in result.stdout
     assert list((workdir / "tensorboard").iterdir()), "no TensorBoard event file"
@@ -125,7 +125,7 @@ def test_a_trained_run_predicts_its_own_classes_by_workdir(digits_run, tmp_path)
 
 def test_eval_only_and_init_from_take_the_best_step_of_a_workdir(digits_run, tmp_path):
     workdir, _ = digits_run
-    best = max(read_jsonl(workdir / "metrics.jsonl"), key=lambda m: m["eval_top1"])
+    best = max(read_jsonl(workdir / "metrics.jsonl"), key=lambda m: (m["eval_top1"], m["step"]))  # ties: latest
     result = run_train(tmp_path / "eval", "--config.eval_only=True", f"--config.init_from={workdir}")
     assert f"init_from: {workdir} step {best['step']} (best eval_top1 {best['eval_top1']:.4f})" in result.stdout
     assert read_jsonl(tmp_path / "eval" / "metrics.jsonl")[-1]["eval_top1"] == pytest.approx(best["eval_top1"])
@@ -226,6 +226,7 @@ def test_divergence_stops_with_a_clear_message_and_keeps_the_good_checkpoint(tmp
 
 @pytest.mark.parametrize("flags, message", [
     (["--config.model.name=mobilenet_v9"], "unknown model 'mobilenet_v9'"),
+    (["--config.model.name=ssdlite320_mobilenet_v3_large"], "is a detection model; train.py trains classifiers"),
     (["--config.dataset=no_such_dataset_xyz"], "no_such_dataset_xyz"),
     (["--config.batch_size=30"], "batch_size=30 must be a positive multiple of the 8 devices"),
     (["--config.model.num_classes=7"], "has 10 classes but config.model.num_classes=7"),

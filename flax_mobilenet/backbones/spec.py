@@ -8,7 +8,7 @@ converter and `feature_info` all read this one value, so they cannot disagree ab
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple, Optional, Union
+from typing import ClassVar, NamedTuple, Optional, Union
 
 from ..blocks import Block
 from ..heads import DenseHeads
@@ -36,6 +36,7 @@ class ClassifierSpec:
     hidden_key_is_conv: bool = False  # timm stores the hidden Linear as a 1x1 conv
     hidden_norm_key: str = ""
     classifier_key: str = "classifier"
+    task: ClassVar[str] = "classification"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +46,11 @@ class ModelSpec:
     head: Union[ClassifierSpec, DenseHeads]  # a classifier, or dense-prediction heads on feature taps
     bn_eps: float
     bn_momentum: float  # PyTorch convention
+
+    @property
+    def task(self) -> str:
+        """'classification', 'segmentation' or 'detection' (from the head)."""
+        return self.head.task
 
     @property
     def blocks(self) -> tuple[Block, ...]:

@@ -21,6 +21,7 @@ class Head(Protocol):
     """What every head kind's spec provides."""
 
     torch_prefix: str  # its module path in the reference's state dict ('classifier', 'aux_classifier')
+    task: str  # 'segmentation' | 'detection': what the model does (picks predict/train/export paths)
     # Optional, default True: the builder upsamples the head's logits to the input size.  False: it returns the
     # head's output as it is (an array or a dict of arrays: SSDLite's per-anchor predictions).
     upsample: bool
@@ -46,6 +47,10 @@ class DenseHeads:
     """
 
     heads: tuple[tuple[str, Head], ...]
+
+    @property
+    def task(self) -> str:
+        return self.heads[0][1].task
 
     @property
     def taps(self) -> tuple[str, ...]:

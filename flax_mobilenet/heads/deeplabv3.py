@@ -7,7 +7,7 @@ ASPP: a 1x1 conv-BN-ReLU, one dilated 3x3 conv-BN-ReLU per rate, and a pooling b
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterator, Mapping
+from typing import ClassVar, Iterator, Mapping
 
 import flax.linen as nn
 import jax
@@ -20,6 +20,7 @@ from . import channels_of
 
 @dataclasses.dataclass(frozen=True)
 class DeepLabV3Spec:
+    task: ClassVar[str] = "segmentation"
     in_features: int
     tap: str = "features.16"
     rates: tuple[int, ...] = (12, 24, 36)

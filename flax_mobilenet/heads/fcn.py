@@ -6,7 +6,7 @@ PyTorch keys: PREFIX.0 (conv), PREFIX.1 (BN), PREFIX.4 (classifier, with bias).
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterator, Mapping
+from typing import ClassVar, Iterator, Mapping
 
 import flax.linen as nn
 import jax
@@ -18,6 +18,7 @@ from . import channels_of
 
 @dataclasses.dataclass(frozen=True)
 class FcnSpec:
+    task: ClassVar[str] = "segmentation"
     in_features: int
     tap: str = "features.4"
     dropout: float = 0.1

@@ -6,7 +6,7 @@ upsampled (bilinear) to `low`'s size; logits = low_classifier(low) + high_classi
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterator, Mapping
+from typing import ClassVar, Iterator, Mapping
 
 import flax.linen as nn
 import jax
@@ -20,6 +20,7 @@ from .resize import resize_bilinear
 
 @dataclasses.dataclass(frozen=True)
 class LrasppSpec:
+    task: ClassVar[str] = "segmentation"
     low_features: int
     high_features: int
     low_tap: str = "features.4"  # torchvision: the first block at output stride 8 (C2)

@@ -31,6 +31,7 @@ BRANCHES = (("classification_head", "cls_logits"), ("regression_head", "bbox_reg
 
 @dataclasses.dataclass(frozen=True)
 class SsdliteSpec:
+    task: ClassVar[str] = "detection"
     in_features: tuple[int, ...]  # channels of each feature map
     feature_taps: tuple[str, ...]  # the backbone's `feature_info` name of each map
     strides: tuple[int, ...]  # output stride of each map: its size is ceil(input size / stride)

@@ -20,7 +20,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
-from ..registry import create_model, list_models
+from ..registry import create_model, list_models, model_spec
 from . import input_pipeline, optim, steps
 from .checkpoints import TrainingCheckpoints, merge_pretrained, read_pretrained
 
@@ -62,6 +62,9 @@ def check_workdir(workdir: str) -> Path:
 def validate_config(config: ml_collections.ConfigDict, info: input_pipeline.DatasetInfo) -> None:
     if config.model.name not in list_models():
         raise ConfigError(f"unknown model {config.model.name!r}; known: {', '.join(list_models())}")
+    task = model_spec(config.model.name).task
+    if task != "classification":
+        raise ConfigError(f"{config.model.name} is a {task} model; train.py trains classifiers only so far")
     num_classes = config.model.get("num_classes")
     if num_classes not in (None, -1, info.num_classes):
         raise ConfigError(f"dataset {info.name!r} has {info.num_classes} classes but config.model.num_classes="
