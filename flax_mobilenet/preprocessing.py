@@ -97,7 +97,16 @@ def preprocess(image: Image.Image, image_size: int = 224, resize_size: int | Non
 
 
 def preprocess_for(image: Image.Image, weights: WeightsInfo) -> np.ndarray:
-    """`preprocess` with the eval transform a model's weights expect (`flax_mobilenet.weights_info(name)`)."""
+    """`preprocess` with the eval transform a model's weights expect (`flax_mobilenet.weights_info(name)`).
+
+    `resize_mode='fixed'` (torchvision's detection transform): the [0, 1] image is resized to crop x crop with
+    torch's bilinear interpolate (no antialias, aspect not kept), then normalized."""
+    if weights.resize_mode == "fixed":
+        from .heads.resize import resize_bilinear
+
+        pixels = np.asarray(image.convert("RGB"), dtype=np.float32) / np.float32(255)
+        pixels = np.asarray(resize_bilinear(pixels[None], (weights.crop_size, weights.crop_size)))[0]
+        return (pixels - np.asarray(weights.mean, np.float32)) / np.asarray(weights.std, np.float32)
     return preprocess(image, weights.crop_size, weights.resize_size, weights.interpolation, weights.mean, weights.std,
                       weights.center_crop)
 

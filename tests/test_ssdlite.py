@@ -337,3 +337,18 @@ def test_ssdlite_head_on_mobilenetv4_taps():
     maps = jax.eval_shape(fm.MobileNet(spec, num_classes=0).init_with_output, jax.random.key(0),
                           jax.ShapeDtypeStruct((1, *size, 3), np.float32))[0]
     assert [tuple(maps[tap].shape[1:3]) for tap in head.feature_taps] == head.feature_sizes(size)
+
+
+def test_preprocessing_is_torchvisions_fixed_size_transform(monkeypatch):
+    """predict-style preprocessing of SSDLite's weights: GeneralizedRCNNTransform's resize to 320x320 (torch's
+    bilinear interpolate, aspect not kept) and (x - 0.5) / 0.5."""
+    from flax_mobilenet.preprocessing import preprocess_for
+    monkeypatch.setattr(torchvision, "_is_tracing", lambda: False, raising=False)  # missing from the shim
+    image = Image.fromarray(skimage_data.chelsea())  # 300x451, resized down and not square
+    ours = preprocess_for(image, fm.weights_info("ssdlite320_mobilenet_v3_large"))
+    transform = tv_models.detection.transform.GeneralizedRCNNTransform(
+        320, 320, [0.5] * 3, [0.5] * 3, size_divisible=1, fixed_size=(320, 320))
+    tensor = torch.from_numpy(np.asarray(image, np.float32) / 255).permute(2, 0, 1)
+    reference = transform([tensor])[0].tensors[0].permute(1, 2, 0).numpy()
+    assert ours.shape == reference.shape == (320, 320, 3)
+    np.testing.assert_allclose(ours, reference, rtol=0, atol=1e-5)
