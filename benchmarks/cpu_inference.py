@@ -1,9 +1,14 @@
-"""CPU inference latency: flax-mobilenet (compile_inference) vs PyTorch eager vs ONNX Runtime.
+"""CPU inference latency: flax-mobilenet (compile_inference, and its ONNX and TFLite exports) vs PyTorch.
 
-All three run the same weights (the torchvision or timm reference model, random weights) at the crop
-size the model's weights are evaluated at, interleaved round by round so that machine noise hits them
-alike; we report medians and ratios.  Needs the dev requirements plus onnxruntime, onnx and
-onnxscript (pip install onnxruntime onnx onnxscript).
+Five runners, all with the same weights (the torchvision or timm reference model, random weights) at the
+crop size the model's weights are evaluated at, interleaved round by round so that machine noise hits them
+alike (in a new random order each round); we report medians and ratios:
+- ours (XLA): `compile_inference`;
+- PyTorch eager, and the reference's own ONNX export (`torch.onnx.export`) in ONNX Runtime;
+- our ONNX export (`export.py --format onnx`, any batch) in ONNX Runtime, same session options;
+- our TFLite export (`--format tflite`, fixed batch) in LiteRT with XNNPACK on every core.
+Needs the dev and export requirements plus onnxscript (pip install -r requirements-export.txt onnxscript &&
+pip install --no-deps jax2onnx==0.17.1).
 
     python benchmarks/cpu_inference.py [--models mobilenet_v2 ...] [--batches 1 32] [--rounds 20]
 """
@@ -12,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -25,6 +31,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import flax_mobilenet as fm  # noqa: E402
+from flax_mobilenet.export import export_model  # noqa: E402
+from flax_mobilenet.export import onnx as onnx_export  # noqa: E402
+from flax_mobilenet.export import tflite as tflite_export  # noqa: E402
 from flax_mobilenet.inference import split_cpu_into_devices  # noqa: E402
 
 if "--split-devices" in sys.argv:  # before JAX initialises its CPU backend
@@ -52,7 +61,10 @@ def onnx_session(model, batch: int, size: int, path: Path):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def benchmark(name: str, batch: int, rounds: int, calls: int, workdir: Path) -> dict:
+RUNNERS = ("flax-mobilenet", "pytorch", "onnxruntime", "our-onnx", "our-tflite")
+
+
+def benchmark(name: str, batch: int, rounds: int, calls: int, workdir: Path, timed: tuple[str, ...] = RUNNERS) -> dict:
     reference = reference_model(name)
     size = fm.weights_info(name).crop_size
     variables = fm.convert_state_dict(name, reference.state_dict())
@@ -63,6 +75,13 @@ def benchmark(name: str, batch: int, rounds: int, calls: int, workdir: Path) -> 
     ours = fm.compile_inference(name, variables, batch_size=batch, image_size=size)
     compile_s = time.perf_counter() - start
     session = onnx_session(reference, batch, size, workdir / f"{name}_{batch}.onnx")
+    start = time.perf_counter()
+    export_model(name, variables, workdir / "onnx", image_size=size, format="onnx")
+    export_s = time.perf_counter() - start
+    our_session = onnx_export.session(str(workdir / "onnx" / "model.onnx"), threads=os.cpu_count() or 1)
+    export_model(name, variables, workdir / "tflite", batch_size=batch, image_size=size, format="tflite")
+    interpreter = tflite_export.interpreter((workdir / "tflite" / "model.tflite").read_bytes())
+    (tflite_input,), (tflite_output,) = interpreter.get_input_details(), interpreter.get_output_details()
     images_torch = torch.from_numpy(images_nchw)
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
         reference(images_torch)
@@ -75,17 +94,35 @@ def benchmark(name: str, batch: int, rounds: int, calls: int, workdir: Path) -> 
             reference(images_torch)
 
     def run_onnx():
-        session.run(None, {"images": images_nchw})
+        return session.run(None, {"images": images_nchw})[0]
 
-    runners = {"flax-mobilenet": run_ours, "pytorch": run_torch, "onnxruntime": run_onnx}
+    def run_our_onnx():
+        return our_session.run(None, {"images": images})[0]
+
+    def run_our_tflite():
+        interpreter.set_tensor(tflite_input["index"], images)
+        interpreter.invoke()
+        return interpreter.get_tensor(tflite_output["index"])
+
+    runners = {"flax-mobilenet": run_ours, "pytorch": run_torch, "onnxruntime": run_onnx,
+               "our-onnx": run_our_onnx, "our-tflite": run_our_tflite}
     expected = reference(images_torch).detach().numpy()
-    got = np.asarray(ours(images))
-    error = float(np.abs(got - expected).max() / np.abs(expected).max())
+    scale = np.abs(expected).max()
+    errors = {key: float(np.abs(np.asarray(got) - expected).max() / scale)
+              for key, got in (("flax-mobilenet", ours(images)), ("our-onnx", run_our_onnx()),
+                               ("our-tflite", run_our_tflite()))}
+    runners = {k: v for k, v in runners.items() if k in timed}
     for run in runners.values():  # warm-up
         run()
     times = {k: [] for k in runners}
+    order = random.Random(0)
     for _ in range(rounds):
-        for key, run in runners.items():
+        # A fresh order each round, so that no runner always follows the same one, and a pause before each:
+        # a runtime's threads keep spinning for a while after its call (ONNX Runtime's, OpenMP's), and two
+        # ONNX Runtime sessions run back to back made the second up to 1.3x slower at batch 1.
+        for key in order.sample(list(runners), len(runners)):
+            run = runners[key]
+            time.sleep(0.1)
             run()  # untimed: the previous runtime's threads stop spinning, this one's caches and heap warm up
             for _ in range(calls):
                 start = time.perf_counter()
@@ -93,12 +130,13 @@ def benchmark(name: str, batch: int, rounds: int, calls: int, workdir: Path) -> 
                 times[key].append(time.perf_counter() - start)
     medians = {k: statistics.median(v) * 1e3 for k, v in times.items()}
     return dict(name=name, batch=batch, size=size, gflop=counter.get_total_flops() / 1e9, compile_s=compile_s,
-                error=error, **medians)
+                export_s=export_s, error=max(errors.values()), errors=errors, **medians)
 
 
 def run_cell_in_own_process(name: str, batch: int, args: argparse.Namespace) -> dict:
     """A fresh process per cell: no cell inherits another's heap, thread pools or malloc settings."""
-    command = [sys.executable, __file__, "--cell", f"{name}:{batch}", "--rounds", str(args.rounds)]
+    command = [sys.executable, __file__, "--cell", f"{name}:{batch}", "--rounds", str(args.rounds),
+               "--runners", *args.runners]
     command += ["--split-devices"] if args.split_devices else []
     run = subprocess.run(command, capture_output=True, text=True)
     if run.returncode != 0:
@@ -112,6 +150,8 @@ def main() -> None:
                                                         "shufflenet_v2_x1_0", "mobilenetv4_conv_small", "mobilevit_xs"])
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 32])
     parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--runners", nargs="+", choices=RUNNERS, default=list(RUNNERS),
+                        help="the runners to time (all of them are built and checked)")
     parser.add_argument("--split-devices", action="store_true", help="one JAX device per core (see inference.py)")
     parser.add_argument("--cell", help=argparse.SUPPRESS)  # internal: one model:batch, printed as JSON
     args = parser.parse_args()
@@ -119,24 +159,32 @@ def main() -> None:
     if args.cell:
         name, batch = args.cell.split(":")
         with tempfile.TemporaryDirectory() as workdir:
-            print(json.dumps(benchmark(name, int(batch), args.rounds, 10 if batch == "1" else 1, Path(workdir))))
+            print(json.dumps(benchmark(name, int(batch), args.rounds, 10 if batch == "1" else 1, Path(workdir),
+                                       tuple(args.runners))))
         return
     cpu, peak = cpu_description()
     print(f"CPU: {cpu}; nominal fp32 peak {peak:.0f} GFLOP/s; {len(jax.devices())} JAX device(s); "
           f"jax {jax.__version__}, torch {torch.__version__}, "
           f"onnxruntime {__import__('onnxruntime').__version__}")
-    print("| model | size | batch | flax-mobilenet ms | PyTorch eager ms | ONNX Runtime ms | PyTorch / ours | ours / ORT "
+    print(f"LiteRT: ai-edge-litert {tflite_export.version('ai-edge-litert')}, XNNPACK, {os.cpu_count()} threads; "
+          f"ONNX Runtime: {os.cpu_count()} intra-op threads, all graph optimizations")
+    print("| model | size | batch | flax-mobilenet ms | PyTorch eager ms | ONNX Runtime ms | our ONNX in ORT ms "
+          "| our TFLite in LiteRT ms | PyTorch / ours | ours / ORT | our ONNX / ORT | our TFLite / ORT "
           "| ours GFLOP/s (% peak) | compile s | max rel. diff |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name in args.models:
         for batch in args.batches:
             r = run_cell_in_own_process(name, batch, args)
-            achieved = r["gflop"] / (r["flax-mobilenet"] / 1e3)  # the reference's conv/matmul FLOPs
-            print(f"| {name} | {r['size']} | {batch} | {r['flax-mobilenet']:.2f} | {r['pytorch']:.2f} | {r['onnxruntime']:.2f} "
-                  f"| {r['pytorch'] / r['flax-mobilenet']:.2f}x | {r['flax-mobilenet'] / r['onnxruntime']:.2f}x "
-                  f"| {achieved:.0f} ({100 * achieved / peak:.0f}%) | {r['compile_s']:.1f} | {r['error']:.1e} |",
+            ms = lambda key: f"{r[key]:.2f}" if key in r else "-"  # noqa: E731
+            ratio = lambda a, b: f"{r[a] / r[b]:.2f}x" if a in r and b in r else "-"  # noqa: E731
+            achieved = (f"{r['gflop'] / (r['flax-mobilenet'] / 1e3):.0f} "  # the reference's conv/matmul FLOPs
+                        f"({100 * r['gflop'] / (r['flax-mobilenet'] / 1e3) / peak:.0f}%)" if "flax-mobilenet" in r
+                        else "-")
+            print(f"| {name} | {r['size']} | {batch} | {ms('flax-mobilenet')} | {ms('pytorch')} | {ms('onnxruntime')} "
+                  f"| {ms('our-onnx')} | {ms('our-tflite')} | {ratio('pytorch', 'flax-mobilenet')} "
+                  f"| {ratio('flax-mobilenet', 'onnxruntime')} | {ratio('our-onnx', 'onnxruntime')} "
+                  f"| {ratio('our-tflite', 'onnxruntime')} | {achieved} | {r['compile_s']:.1f} | {r['error']:.1e} |",
                   flush=True)
-
 
 if __name__ == "__main__":
     main()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any, Optional
@@ -99,7 +100,14 @@ def open_checkpoint(path: str | os.PathLike, step: Optional[int] = None) -> Load
     if step is not None and step_of_folder is not None and step != step_of_folder:
         raise ValueError(f"{given} is step {step_of_folder} of a training run, but step {step} was asked for")
     step = step if step is not None else step_of_folder
-    manager = ocp.CheckpointManager(workdir / CHECKPOINTS_DIR, options=manager_options(read_only=True))
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)  # orbax warns that a read-only manager's folder is read-only
+    try:
+        manager = ocp.CheckpointManager(workdir / CHECKPOINTS_DIR, options=manager_options(
+            read_only=True, save_interval_steps=0, create=False))  # what read_only implies; orbax warns unless given
+    finally:
+        absl_logger.setLevel(level)
     try:
         kept = list(manager.all_steps())
         if not kept:

@@ -136,6 +136,36 @@ def test_eval_only_and_init_from_take_the_best_step_of_a_workdir(digits_run, tmp
     assert read_jsonl(tmp_path / "tune" / "metrics.jsonl")[-1]["eval_top1"] >= 0.9  # fine-tuned from 99%, not 10%
 
 
+@pytest.mark.parametrize("format", ["stablehlo", pytest.param("onnx", marks=pytest.mark.export),
+                                    pytest.param("tflite", marks=pytest.mark.export)])
+def test_a_trained_run_exports_by_workdir_with_its_contract(digits_run, tmp_path, format):
+    """export.py takes the run's best step, its 32x32 input, its digits preprocessing and its 10 labels; the
+    export, run in its runtime, classifies held-out digits as the run does."""
+    import numpy as np
+
+    from flax_mobilenet.export import load_exported
+    from flax_mobilenet.preprocessing import preprocess_for
+    from flax_mobilenet.checkpoint import eval_transform, load_metadata
+
+    workdir, _ = digits_run
+    best = max(read_jsonl(workdir / "metrics.jsonl"), key=lambda m: (m["eval_top1"], m["step"]))  # ties: latest
+    output = tmp_path / format
+    result = subprocess.run([sys.executable, str(ROOT / "export.py"), "--checkpoint", str(workdir), "--output",
+                             str(output), "--format", format], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"from {workdir} step {best['step']} (best eval_top1" in result.stderr
+    contract = json.loads((output / "export.json").read_text())
+    assert contract["labels"] == [str(d) for d in range(10)] and contract["num_classes"] == 10
+    assert contract["input"]["crop_size"] == 32 and contract["check"]["max_rel_diff"] <= 1e-4
+    images, labels = held_out_digits(16)
+    transform = eval_transform(load_metadata(workdir))
+    from PIL import Image
+    batch = np.stack([preprocess_for(Image.fromarray(image).convert("RGB"), transform) for image in images])
+    run = load_exported(output)
+    logits = np.concatenate([np.asarray(run(x[None])) for x in batch]) if format == "tflite" else run(batch)
+    assert (np.asarray(logits).argmax(-1) == labels).mean() >= 0.9
+
+
 @pytest.fixture(scope="module")
 def straight_run(tmp_path_factory):
     """SMALL_RUN uninterrupted on one device: the reference the parallel and resumed runs must reproduce."""

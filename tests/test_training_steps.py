@@ -4,16 +4,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import flax_mobilenet as fm
 from flax_mobilenet import create_model
 from flax_mobilenet.training import optim, steps
 from flax_mobilenet.training.checkpoints import merge_pretrained
 from flax_mobilenet.training.defaults import base_config, torchvision_v2_recipe, torchvision_v3_recipe
-
-from torch_reference import torch  # fails loudly when PyTorch is missing (CI installs it)
+# PyTorch only inside the tests marked `torch` (imported there: the Python 3.13 CI leg has none; conftest.py).
 
 
 def _torch_run(recipe, params, grads_per_step, steps_per_epoch):
     """torchvision's train.py optimizer + StepLR, stepping the scheduler once per epoch."""
+    from torch_reference import torch  # fails loudly when PyTorch is missing (CI installs it)
+
     tensors = {k: torch.tensor(v, requires_grad=True) for k, v in params.items()}
     opt = recipe.optimizer
     lr = optim.peak_learning_rate(recipe)
@@ -34,6 +36,7 @@ def _torch_run(recipe, params, grads_per_step, steps_per_epoch):
     return {k: t.detach().numpy() for k, t in tensors.items()}
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("recipe_fn", [torchvision_v3_recipe, torchvision_v2_recipe], ids=["rmsprop", "sgd"])
 def test_optimizer_and_schedule_match_torch(recipe_fn):
     config = recipe_fn(base_config())
@@ -83,8 +86,11 @@ def test_unknown_optimizer_is_named():
         optim.create_optimizer(config, optim.learning_rate_schedule(config, 1), {"w": jnp.ones(2)})
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
 def test_cross_entropy_matches_torch(smoothing):
+    from torch_reference import torch  # fails loudly when PyTorch is missing (CI installs it)
+
     rng = np.random.default_rng(1)
     logits, labels = rng.normal(size=(6, 10)).astype(np.float32), rng.integers(0, 10, 6)
     ours = float(jnp.mean(steps.cross_entropy(jnp.asarray(logits), jnp.asarray(labels), smoothing)))
@@ -150,5 +156,16 @@ def test_best_checkpoint_is_the_best_eval_not_the_latest(tmp_path):
     assert (checkpoints.best_step(), checkpoints.latest_step()) == (400, 440)
     assert checkpoints.best_metric() == pytest.approx(0.9972)
     checkpoints.close()
-    variables, _ = read_pretrained(str(tmp_path))  # init_from=<workdir> starts from the best step
-    np.testing.assert_array_equal(variables["params"]["w"], [400, 400])
+    (tmp_path / "model.json").write_text('{"model": "mobilenet_v3_small", "num_classes": 10}')
+    best = read_pretrained(str(tmp_path))  # init_from=<workdir> starts from the best step
+    np.testing.assert_array_equal(best.variables["params"]["w"], [400, 400])
+    assert best.metadata["num_classes"] == 10 and "step 400 (best eval_top1 0.9972)" in best.description
+    # predict.py / export.py: the best, a step asked for, or a step folder; a step not kept is named
+    assert fm.load_variables(tmp_path)["params"]["w"][0] == 400
+    assert fm.load_variables(tmp_path, step=440)["params"]["w"][0] == 440
+    step_folder = fm.open_checkpoint(tmp_path / "checkpoints" / "440")
+    assert step_folder.variables["params"]["w"][0] == 440 and step_folder.metadata["model"] == "mobilenet_v3_small"
+    with pytest.raises(ValueError, match="step 7 is not kept in .*; kept steps: 400, 440"):
+        fm.load_variables(tmp_path, step=7)
+    with pytest.raises(ValueError, match="is step 440 of a training run, but step 400 was asked for"):
+        fm.load_variables(tmp_path / "checkpoints" / "440", step=400)
