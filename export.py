@@ -46,8 +46,6 @@ def main(argv=None) -> int:
     if args.step is not None and args.step < 0:
         parser.error("--step must be a step number kept in the run's checkpoints/ folder")
     try:
-        if not args.checkpoint.is_dir():
-            raise ValueError(f"--checkpoint {args.checkpoint}: no such folder")
         loaded = fm.open_checkpoint(args.checkpoint, args.step)
         metadata = loaded.metadata
         if "model" not in metadata:

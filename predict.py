@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 import flax_mobilenet as fm
-from flax_mobilenet.checkpoint import class_names, eval_transform, load_metadata
+from flax_mobilenet.checkpoint import class_names, eval_transform, load_metadata, require_checkpoint_folder
 from flax_mobilenet.inference import compile_inference, enable_compilation_cache
 from flax_mobilenet.preprocessing import classify, load_image, preprocess_for
 
@@ -50,8 +50,7 @@ def resolve_model(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
     try:
         if args.model:
             fm.model_spec(args.model)  # an unknown name fails first, with the known names
-        if not args.checkpoint.is_dir():
-            raise ValueError(f"--checkpoint {args.checkpoint}: no such folder")
+        require_checkpoint_folder(args.checkpoint)
         metadata = load_metadata(args.checkpoint)
         stored = metadata.get("model")
         if args.model and stored and args.model != stored:
@@ -65,7 +64,7 @@ def resolve_model(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
             raise ValueError(f"{name} is a {task} model; predict.py serves classifiers only so far: in Python, "
                              f"use fm.create_model({name!r}).apply (detection: model.detect) on preprocessed images")
         return name, metadata.get("num_classes", 1000), overrides
-    except (ValueError, TypeError) as error:
+    except (ValueError, TypeError, FileNotFoundError) as error:
         parser.error(str(error))
 
 

@@ -76,6 +76,18 @@ def _run_folders(path: Path) -> tuple[Optional[Path], Optional[int]]:
     return None, None
 
 
+def require_checkpoint_folder(path: str | os.PathLike) -> None:
+    """FileNotFoundError, saying what is expected, unless `path` is a folder (a PyTorch file is named as such)."""
+    given = Path(path).expanduser()
+    expected = "a folder written by convert_weights.py or train.py (its --workdir, or one of its checkpoints/STEP folders)"
+    if given.is_file():
+        hint = (" (PyTorch weights: convert them first, python convert_weights.py --model NAME --input FILE "
+                "--output FOLDER)" if given.suffix in (".pth", ".pt", ".bin", ".safetensors") else "")
+        raise FileNotFoundError(f"{given} is a file, not a checkpoint: expected {expected}{hint}")
+    if not given.is_dir():
+        raise FileNotFoundError(f"no checkpoint at {given}: expected {expected}")
+
+
 def open_checkpoint(path: str | os.PathLike, step: Optional[int] = None) -> LoadedCheckpoint:
     """Variables and model description from a converted checkpoint, a training workdir (its best step, or
     `step`) or a training run's step folder."""
@@ -85,9 +97,7 @@ def open_checkpoint(path: str | os.PathLike, step: Optional[int] = None) -> Load
     path = given.absolute()
     if path.name == VARIABLES_DIR and (path.parent / METADATA_FILE).is_file():
         path = path.parent
-    if not path.is_dir():
-        raise FileNotFoundError(f"no checkpoint at {given}: expected a folder written by convert_weights.py or "
-                                f"train.py (its --workdir, or one of its checkpoints/STEP folders)")
+    require_checkpoint_folder(given)
     workdir, step_of_folder = _run_folders(path)
     if workdir is None:
         if step is not None:

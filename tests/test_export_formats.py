@@ -148,3 +148,17 @@ def test_a_missing_converter_names_the_pip_command(format, module, tmp_path, mon
         export_model("ssdlite320_mobilenet_v3_large", variables, tmp_path / "out")
     with pytest.raises(ValueError, match="unknown export format 'coreml'"):
         export_model("mobilenet_v3_small", variables, tmp_path / "out", format="coreml", num_classes=CLASSES)
+
+
+def test_export_cli_names_a_wrong_checkpoint(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("export_cli", ROOT / "export.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    weights = tmp_path / "mobilenet_v2.pth"
+    weights.write_bytes(b"not a folder")
+    assert cli.main(["--checkpoint", str(weights), "--output", str(tmp_path / "out")]) == 1
+    message = capsys.readouterr().err
+    assert "is a file, not a checkpoint" in message and "python convert_weights.py --model NAME" in message
+    assert cli.main(["--checkpoint", str(tmp_path / "missing"), "--output", str(tmp_path / "out")]) == 1
+    assert f"no checkpoint at {tmp_path / 'missing'}" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -74,10 +74,26 @@ def channels_of(info: Mapping[str, object], tap: str) -> int:
     return int(getattr(info[tap], "channels"))
 
 
-from .deeplabv3 import DeepLabV3Spec  # noqa: E402  (head kinds import channels_of above)
+class OneTapHead:
+    """For a head kind whose spec reads one feature map (fields `in_features`, `tap`): `on` and `taps`."""
+
+    in_features: int
+    tap: str
+
+    @classmethod
+    def on(cls, info: Mapping[str, object], tap: str, **options):
+        """The head on a backbone's tap `tap`, its channels read from the backbone's `feature_info`."""
+        return cls(channels_of(info, tap), tap, **options)
+
+    @property
+    def taps(self) -> dict[str, str]:
+        return {"x": self.tap}
+
+
+from .deeplabv3 import DeepLabV3Spec  # noqa: E402  (head kinds import channels_of and OneTapHead above)
 from .fcn import FcnSpec  # noqa: E402
 from .lraspp import LrasppSpec  # noqa: E402
 from .ssdlite import SsdliteSpec  # noqa: E402
 
-__all__ = ["DeepLabV3Spec", "DenseHeads", "FcnSpec", "Head", "LrasppSpec", "SsdliteSpec", "channels_of",
+__all__ = ["DeepLabV3Spec", "DenseHeads", "FcnSpec", "Head", "LrasppSpec", "OneTapHead", "SsdliteSpec", "channels_of",
            "resize_bilinear"]

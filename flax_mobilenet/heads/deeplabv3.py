@@ -7,7 +7,7 @@ ASPP: a 1x1 conv-BN-ReLU, one dilated 3x3 conv-BN-ReLU per rate, and a pooling b
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar, Iterator, Mapping
+from typing import ClassVar, Iterator
 
 import flax.linen as nn
 import jax
@@ -15,11 +15,11 @@ import jax.numpy as jnp
 
 from ..layers import torch_keys as tk
 from ..layers.conv import ConvNormAct, LayerSettings, PointwiseConv
-from . import channels_of
+from . import OneTapHead
 
 
 @dataclasses.dataclass(frozen=True)
-class DeepLabV3Spec:
+class DeepLabV3Spec(OneTapHead):
     task: ClassVar[str] = "segmentation"
     in_features: int
     tap: str = "features.16"
@@ -29,14 +29,6 @@ class DeepLabV3Spec:
     torch_prefix: str = "classifier"
     bn_eps: float = 1e-5
     bn_momentum: float = 0.1
-
-    @classmethod
-    def on(cls, info: Mapping[str, object], tap: str, **options) -> "DeepLabV3Spec":
-        return cls(channels_of(info, tap), tap, **options)
-
-    @property
-    def taps(self) -> dict[str, str]:
-        return {"x": self.tap}
 
     def module(self, settings: LayerSettings, num_classes: int, name: str) -> nn.Module:
         return DeepLabV3Head(self, num_classes, settings, name=name)

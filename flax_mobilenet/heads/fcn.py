@@ -6,18 +6,18 @@ PyTorch keys: PREFIX.0 (conv), PREFIX.1 (BN), PREFIX.4 (classifier, with bias).
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar, Iterator, Mapping
+from typing import ClassVar, Iterator
 
 import flax.linen as nn
 import jax
 
 from ..layers import torch_keys as tk
 from ..layers.conv import ConvNormAct, LayerSettings, PointwiseConv
-from . import channels_of
+from . import OneTapHead
 
 
 @dataclasses.dataclass(frozen=True)
-class FcnSpec:
+class FcnSpec(OneTapHead):
     task: ClassVar[str] = "segmentation"
     in_features: int
     tap: str = "features.4"
@@ -26,17 +26,9 @@ class FcnSpec:
     bn_eps: float = 1e-5
     bn_momentum: float = 0.1
 
-    @classmethod
-    def on(cls, info: Mapping[str, object], tap: str, **options) -> "FcnSpec":
-        return cls(channels_of(info, tap), tap, **options)
-
     @property
     def inter_features(self) -> int:
         return self.in_features // 4
-
-    @property
-    def taps(self) -> dict[str, str]:
-        return {"x": self.tap}
 
     def module(self, settings: LayerSettings, num_classes: int, name: str) -> nn.Module:
         return FcnHead(self, num_classes, settings, name=name)
