@@ -1,5 +1,9 @@
 """Export a converted checkpoint or a training run as StableHLO, ONNX or TFLite (BatchNorm folded, weights inside).
 
+Classifiers export logits; segmentation models per-pixel logits at the input size; detection models their
+detections (boxes, scores, labels, num_valid: post-processing inside, static shapes) and raw head outputs, or
+with --raw-outputs the raw outputs alone and anchors.npy (TFLite cannot convert the post-processing).
+
 --checkpoint takes a folder written by convert_weights.py, a train.py workdir (its best step, or --step N)
 or one of its checkpoints/STEP folders; a training run's image size, preprocessing and class names go into
 export.json.  Each export is run in its own runtime (jax, ONNX Runtime, LiteRT) and must reproduce the model's
@@ -38,6 +42,9 @@ def main(argv=None) -> int:
     parser.add_argument("--format", choices=FORMATS, default="stablehlo",
                         help="model.stablehlo (any batch), model.onnx (any batch) or model.tflite (batch 1 unless "
                              "--batch-size); each is checked in its runtime before it is written")
+    parser.add_argument("--raw-outputs", action="store_true",
+                        help="detection models: export the raw head outputs (and anchors.npy) without the "
+                             "post-processing (needed for TFLite)")
     args = parser.parse_args(argv)
     if args.batch_size is not None and args.batch_size < 1:
         parser.error("--batch-size must be at least 1")
@@ -53,7 +60,8 @@ def main(argv=None) -> int:
         print(f"exporting {metadata['model']} from {loaded.description} as {args.format} ...", file=sys.stderr)
         output = export_model(metadata["model"], loaded.variables, args.output, args.batch_size, args.image_size,
                               format=args.format, transform=eval_transform(metadata),
-                              class_names=metadata.get("class_names"), num_classes=metadata.get("num_classes", 1000),
+                              class_names=metadata.get("class_names"), postprocess=not args.raw_outputs,
+                              **{k: metadata[k] for k in ("num_classes",) if k in metadata},  # else the model's
                               **metadata.get("overrides", {}))
     except (MissingConverterError, ValueError, TypeError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -117,14 +117,19 @@ class MobileNet(nn.Module):
         pixels, in the order of its outputs (NumPy, from the spec alone: no variables, nothing traced)."""
         return self._detection_head().anchors(image_size)
 
-    def detect(self, variables: Any, images: jax.Array, **options: Any) -> Any:
-        """A detection model's `detection.Detections` (boxes in input pixels, scores, labels, num_valid) for a
-        batch of normalized NHWC images: `apply`, then the head's post-processing (torchvision's
-        `SSD.postprocess_detections`; `options` override its thresholds).  Jit-able (jax.jit(model.detect))."""
-        postprocess = self._detection_head().postprocessor(images.shape[1:3], **options)  # checks the options
+    def postprocessor(self, image_size: Sequence[int], **options: Any) -> Any:
+        """A detection model's post-processing for inputs of (height, width): its raw outputs (what `apply`
+        returns) -> `detection.Detections` (torchvision's `SSD.postprocess_detections`; `options` override
+        its thresholds).  Jit-able."""
+        postprocess = self._detection_head().postprocessor(image_size, **options)  # checks the options
         if not self.num_classes:
             raise ValueError("detect needs the head: this model was built with num_classes=0 (the feature maps)")
-        return postprocess(self.apply(variables, images, train=False))
+        return postprocess
+
+    def detect(self, variables: Any, images: jax.Array, **options: Any) -> Any:
+        """A detection model's `detection.Detections` (boxes in input pixels, scores, labels, num_valid) for a
+        batch of normalized NHWC images: `apply`, then `postprocessor`.  Jit-able (jax.jit(model.detect))."""
+        return self.postprocessor(images.shape[1:3], **options)(self.apply(variables, images, train=False))
 
     def classify(self, x: jax.Array, train: bool) -> jax.Array:
         head = self.spec.head

@@ -4,7 +4,7 @@ from __future__ import annotations
 import importlib
 from importlib import metadata
 from types import ModuleType
-from typing import Callable
+from typing import Callable, Mapping
 
 import numpy as np
 
@@ -55,14 +55,19 @@ def relative_difference(got: np.ndarray, expected: np.ndarray) -> float:
     return float(np.abs(got - expected).max() / max(np.abs(expected).max(), np.finfo(np.float32).tiny))
 
 
-def check_outputs(run: Callable[[np.ndarray], np.ndarray], images: np.ndarray, expected: np.ndarray,
-                  what: str, runtime: str) -> float:
-    """Run the export on `images`; raise ExportCheckError unless it is within MAX_REL_DIFF of `expected`."""
-    got = np.asarray(run(images))
-    diff = relative_difference(got, expected)
-    if not diff <= MAX_REL_DIFF:  # also catches NaN
-        detail = (f"output shape {got.shape}, expected {expected.shape}" if got.shape != expected.shape
-                  else f"max|diff| / max|logit| = {diff:.3g}")
-        raise ExportCheckError(f"the {what} export does not reproduce the model in {runtime}: {detail} > "
-                               f"{MAX_REL_DIFF:g} on a batch of {len(images)} (nothing was written)")
-    return diff
+def check_outputs(run: Callable[[np.ndarray], Mapping[str, np.ndarray]], images: np.ndarray,
+                  expected: Mapping[str, np.ndarray], what: str, runtime: str) -> float:
+    """Run the export on `images`; raise ExportCheckError unless each of the `expected` outputs is within
+    MAX_REL_DIFF of it; returns the largest relative difference."""
+    got = run(images)
+    worst = 0.0
+    for name, reference in expected.items():
+        output = np.asarray(got[name])
+        diff = relative_difference(output, reference)
+        if not diff <= MAX_REL_DIFF:  # also catches NaN
+            detail = (f"output shape {output.shape}, expected {reference.shape}" if output.shape != reference.shape
+                      else f"max|diff| / max|{name}| = {diff:.3g}")
+            raise ExportCheckError(f"the {what} export does not reproduce the model in {runtime}: {detail} > "
+                                   f"{MAX_REL_DIFF:g} on a batch of {len(images)} (nothing was written)")
+        worst = max(worst, diff)
+    return worst

@@ -41,7 +41,7 @@ from .common import require, version
 ARTIFACT = "model.onnx"
 DEFAULT_BATCH: Optional[int] = None  # a symbolic batch dimension
 OPSET = 23  # jax2onnx's default; onnxruntime >= 1.24 runs it
-INPUT_NAME, OUTPUT_NAME = "images", "logits"
+INPUT_NAME = "images"  # the outputs are named as in export.json (`logits`; detection: `boxes`, `scores`, ...)
 
 
 def check_installed() -> None:
@@ -215,7 +215,8 @@ def _activations(onnx: Any, model: Any) -> None:
     g = _Graph(onnx, model.graph)
     replacements, removed = {}, set()
     for node in model.graph.node:
-        if node.op_type != "Max" or len(node.input) != 2 or g.scalar(node.input[1]) is None:
+        if node.op_type != "Max" or len(node.input) != 2 or g.scalar(node.input[1]) is None \
+                or g.constants[node.input[1]].dtype.kind != "f":  # integer maxima (post-processing) stay
             continue
         low = node.input[1]
         upper = g.next_node(node, "Min")
@@ -258,30 +259,37 @@ def _basic_optimizations(onnx: Any, model: Any) -> Any:
     return optimized
 
 
-def convert(model: Any, variables: Any, shape: Sequence[Optional[int]],
-            output_shape: Sequence[int]) -> tuple[bytes, str]:
+def convert(forward: Callable[[Any], tuple], shape: Sequence[Optional[int]],
+            outputs: Sequence[tuple[str, Sequence[int]]], symbolic_trace: bool = True) -> tuple[bytes, str]:
+    """`symbolic_trace=False` traces at the fixed batch of `shape` (the detection post-processing's NMS does
+    not trace with a symbolic batch); it skips the squeeze-excite rewrite, so the graph runs a little slower."""
     import flax.linen as nn
     jax2onnx = require("jax2onnx", "ONNX export")
     onnx = require("onnx", "ONNX export")
     batch = "batch" if shape[0] is None else shape[0]
+    traced_batch = "batch" if symbolic_trace else batch
+    names = [name for name, _ in outputs]
 
-    def forward(x: Any) -> Any:
+    def traced(x: Any) -> Any:
         with nn.intercept_methods(_traceable_layers):
-            return model.apply(variables, x)
+            return forward(x)
+
+    def set_shapes(batch_dim: int | str) -> None:
+        _set_shape(proto.graph.input[0], (batch_dim, *shape[1:]))
+        for value_info, (_, output_shape) in zip(proto.graph.output, outputs):
+            _set_shape(value_info, (batch_dim, *output_shape))
 
     with _quiet_plugin_imports():
         # Always traced with a symbolic batch: with a fixed one jax2onnx keeps the squeeze-excite gates as
         # 2-D Gemm chains between NHWC reshapes, which no longer match the rewrites below.
-        proto = jax2onnx.to_onnx(forward, inputs=[("batch", *shape[1:])], model_name="flax_mobilenet",
-                                 opset=OPSET, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME])
-    _set_shape(proto.graph.input[0], ("batch", *shape[1:]))
-    _set_shape(proto.graph.output[0], ("batch", *output_shape))
+        proto = jax2onnx.to_onnx(traced, inputs=[(traced_batch, *shape[1:])], model_name="flax_mobilenet",
+                                 opset=OPSET, input_names=[INPUT_NAME], output_names=names)
+    set_shapes(traced_batch)
     _einsum_to_conv(onnx, proto)
     _gates_and_pool(onnx, proto)
     _activations(onnx, proto)
     _drop_dead_nodes(proto)
-    _set_shape(proto.graph.input[0], (batch, *shape[1:]))  # a fixed batch, if asked for
-    _set_shape(proto.graph.output[0], (batch, *output_shape))
+    set_shapes(batch)  # a fixed batch, if asked for
     onnx.checker.check_model(proto)
     proto = _basic_optimizations(onnx, proto)
     onnx.checker.check_model(proto)
@@ -299,9 +307,9 @@ def session(data: bytes | str, threads: int = 0) -> Any:
     return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
 
 
-def load(data: bytes) -> tuple[Callable[[Any], np.ndarray], str]:
+def load(data: bytes, names: Sequence[str]) -> tuple[Callable[[Any], dict[str, np.ndarray]], str]:
     sess = session(data)
 
-    def run(images: Any) -> np.ndarray:
-        return sess.run([OUTPUT_NAME], {INPUT_NAME: np.asarray(images, np.float32)})[0]
+    def run(images: Any) -> dict[str, np.ndarray]:
+        return dict(zip(names, sess.run(list(names), {INPUT_NAME: np.asarray(images, np.float32)})))
     return run, f"onnxruntime {require('onnxruntime', 'Running an ONNX export').__version__} (CPUExecutionProvider)"

@@ -1,10 +1,12 @@
-"""StableHLO: `jax.export` of the folded model, weights inside; runs anywhere jax runs, any batch size."""
+"""StableHLO: `jax.export` of the folded model (post-processing included), weights inside; runs anywhere jax runs,
+any batch size."""
 from __future__ import annotations
 
 from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 ARTIFACT = "model.stablehlo"
 DEFAULT_BATCH: Optional[int] = None  # batch-polymorphic: a symbolic batch dimension
@@ -14,13 +16,17 @@ def check_installed() -> None:
     """jax alone: nothing to check."""
 
 
-def convert(model: Any, variables: Any, shape: Sequence[Optional[int]],
-            output_shape: Sequence[int]) -> tuple[bytes, str]:
+def convert(forward: Callable[[Any], tuple], shape: Sequence[Optional[int]],
+            outputs: Sequence[tuple[str, Sequence[int]]]) -> tuple[bytes, str]:
     batch = jax.export.symbolic_shape("batch")[0] if shape[0] is None else shape[0]
     spec = jax.ShapeDtypeStruct((batch, *shape[1:]), jnp.float32)
-    exported = jax.export.export(jax.jit(lambda x: model.apply(variables, x)))(spec)
+    exported = jax.export.export(jax.jit(forward))(spec)
     return exported.serialize(), f"jax.export (jax {jax.__version__})"
 
 
-def load(data: bytes) -> tuple[Callable[[Any], Any], str]:
-    return jax.export.deserialize(bytearray(data)).call, f"jax {jax.__version__} ({jax.default_backend()})"
+def load(data: bytes, names: Sequence[str]) -> tuple[Callable[[Any], dict[str, np.ndarray]], str]:
+    call = jax.export.deserialize(bytearray(data)).call
+
+    def run(images: Any) -> dict[str, np.ndarray]:
+        return {name: np.asarray(output) for name, output in zip(names, call(images), strict=True)}
+    return run, f"jax {jax.__version__} ({jax.default_backend()})"

@@ -1,10 +1,11 @@
 """TFLite through jax2tf and TensorFlow's TFLiteConverter, checked in LiteRT (XNNPACK, all threads).
 
-The route: `jax2tf.convert` wraps the folded model's StableHLO in a TF function (an XlaCallModule op) and
-`tf.lite.TFLiteConverter.from_concrete_functions` legalizes that StableHLO to TFLite builtin ops (no Select
-TF ops, so the plain LiteRT runtime runs it).  It is the route the jax2tf docs give for TFLite; there is
+The route: `jax2tf.convert` wraps the folded model's StableHLO in a TF function (an XlaCallModule op), saved
+as a SavedModel signature with named outputs, and `tf.lite.TFLiteConverter.from_saved_model` legalizes that
+StableHLO to TFLite builtin ops (no Select TF ops, so the plain LiteRT runtime runs it).  It is the route the jax2tf docs give for TFLite; there is
 no other: jax2tf's non-native (TF-op) lowering is gone from jax (`native_serialization=False` is ignored),
-and ai-edge-torch (litert-torch) converts PyTorch, not JAX.  With `depthwise_impl='lax'` each depthwise conv
+and ai-edge-torch (litert-torch) converts PyTorch, not JAX.  The converter cannot legalize the detection
+post-processing (its NMS loop), so detection models export their raw head outputs to TFLite.  With `depthwise_impl='lax'` each depthwise conv
 is one DEPTHWISE_CONV_2D; the 1x1 convs become FULLY_CONNECTED.
 
 Two limits of the converter, handled here:
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
@@ -30,6 +32,7 @@ from .common import require, version
 ARTIFACT = "model.tflite"
 DEFAULT_BATCH: Optional[int] = 1  # a fixed batch (see above)
 INPUT_NAME = "images"
+SIGNATURE = "serving_default"
 
 
 def _tensorflow() -> Any:
@@ -52,7 +55,7 @@ def _dense_as_conv(next_fun: Callable[..., Any], args: tuple, kwargs: dict, cont
 
     from ..layers.conv import PointwiseConv
     module, x = context.module, (args[0] if args else None)
-    if not (context.method_name == "__call__" and x is not None and x.ndim == 4
+    if not (context.method_name == "__call__" and getattr(x, "ndim", None) == 4
             and (isinstance(module, nn.Dense) or (isinstance(module, PointwiseConv) and x.shape[1:3] == (1, 1)))):
         return next_fun(*args, **kwargs)
     params = module.variables["params"]
@@ -61,24 +64,31 @@ def _dense_as_conv(next_fun: Callable[..., Any], args: tuple, kwargs: dict, cont
     return y + params["bias"] if module.use_bias else y
 
 
-def convert(model: Any, variables: Any, shape: Sequence[Optional[int]],
-            output_shape: Sequence[int]) -> tuple[bytes, str]:
+def convert(forward: Callable[[Any], tuple], shape: Sequence[Optional[int]],
+            outputs: Sequence[tuple[str, Sequence[int]]]) -> tuple[bytes, str]:
     import flax.linen as nn
     tf = _tensorflow()
     from jax.experimental import jax2tf
 
-    def forward(x: Any) -> Any:
+    def traced(x: Any) -> Any:
         with nn.intercept_methods(_dense_as_conv):
-            return model.apply(variables, x)
+            return forward(x)
 
     # The StableHLO lowered for the CPU whatever machine exports: TFLite runs on CPUs, and a GPU lowering
     # may hold custom calls (cuDNN attention) that the converter cannot legalize.
-    converted = jax2tf.convert(forward, with_gradient=False, native_serialization_platforms=("cpu",))
-    function = tf.function(converted, autograph=False,
-                           input_signature=[tf.TensorSpec(tuple(shape), tf.float32, name=INPUT_NAME)])
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([function.get_concrete_function()], function)
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-    return converter.convert(), f"jax2tf (jax {version('jax')}) + TFLiteConverter (tensorflow {tf.__version__})"
+    converted = jax2tf.convert(traced, with_gradient=False, native_serialization_platforms=("cpu",))
+    # Named outputs through a SavedModel signature: the .tflite's signature runner then gives each output by
+    # name (the order of a flatbuffer's output tensors is the converter's, not ours).
+    module = tf.Module()
+    module.forward = tf.function(lambda images: dict(zip([name for name, _ in outputs], converted(images))),
+                                 autograph=False,
+                                 input_signature=[tf.TensorSpec(tuple(shape), tf.float32, name=INPUT_NAME)])
+    with tempfile.TemporaryDirectory() as folder:
+        tf.saved_model.save(module, folder, signatures={SIGNATURE: module.forward.get_concrete_function()})
+        converter = tf.lite.TFLiteConverter.from_saved_model(folder, signature_keys=[SIGNATURE])
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        data = converter.convert()
+    return data, f"jax2tf (jax {version('jax')}) + TFLiteConverter (tensorflow {tf.__version__})"
 
 
 def interpreter(data: bytes, threads: Optional[int] = None) -> Any:
@@ -89,16 +99,17 @@ def interpreter(data: bytes, threads: Optional[int] = None) -> Any:
     return result
 
 
-def load(data: bytes) -> tuple[Callable[[Any], np.ndarray], str]:
+def load(data: bytes, names: Sequence[str]) -> tuple[Callable[[Any], dict[str, np.ndarray]], str]:
     interp = interpreter(data)
-    (source,), (target,) = interp.get_input_details(), interp.get_output_details()
+    (source,) = interp.get_input_details()
+    runner = interp.get_signature_runner(SIGNATURE)
+    (input_name,) = runner.get_input_details()
 
-    def run(images: Any) -> np.ndarray:
+    def run(images: Any) -> dict[str, np.ndarray]:
         images = np.asarray(images, np.float32)
         if images.shape != tuple(source["shape"]):
             raise ValueError(f"this TFLite export takes images of shape {tuple(source['shape'])} (fixed batch), "
                              f"got {images.shape}")
-        interp.set_tensor(source["index"], images)
-        interp.invoke()
-        return interp.get_tensor(target["index"]).copy()
+        results = runner(**{input_name: images})
+        return {name: np.array(results[name]) for name in names}
     return run, f"ai-edge-litert {version('ai-edge-litert')} (XNNPACK, {os.cpu_count() or 1} threads)"

@@ -1,0 +1,137 @@
+"""Exports of the segmentation and detection models: per-pixel logits, and detections with the post-processing
+inside (StableHLO, ONNX) or raw head outputs with anchors (TFLite), each equal to the model in JAX."""
+import json
+
+import jax
+import numpy as np
+import pytest
+
+import flax_mobilenet as fm
+from flax_mobilenet.export import ANCHORS_FILE, export_model, load_exported
+from flax_mobilenet.inference import folded_model
+
+SEG_SIZE, DET_SIZE, CLASSES = 64, 128, 6
+
+
+def random_variables(name, size, seed=0, **overrides):
+    """Random weights and non-trivial BatchNorm statistics (variances large enough that activations stay in a
+    range float32 reproduces across runtimes; with variances near 1 the deep SSDLite amplifies rounding to
+    ~1e-4); a detector's class logits spread wide, so that its scores are far apart (no near-ties for the
+    runtimes to order differently)."""
+    model = fm.create_model(name, num_classes=CLASSES, **overrides)
+    shapes = jax.eval_shape(model.init, jax.random.key(0), jax.ShapeDtypeStruct((1, size, size, 3), np.float32))
+    rng = np.random.default_rng(seed)
+
+    def fill(path, leaf):
+        key, shape = jax.tree_util.keystr(path), leaf.shape
+        if "var" in key:
+            return (5.0 + 10.0 * rng.random(shape)).astype(np.float32)
+        if len(shape) == 1:
+            return ((1.0 if "scale" in key else 0.0) + 0.1 * rng.standard_normal(shape)).astype(np.float32)
+        scale = 8.0 if "classification_head" in key and "project" in key else 1.0
+        return (scale * rng.standard_normal(shape) * np.sqrt(2 / np.prod(shape[:-1]))).astype(np.float32)
+    return model, jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+def images(batch, size, seed=1):
+    return np.random.default_rng(seed).standard_normal((batch, size, size, 3), dtype=np.float32)
+
+
+def relative(got, expected):
+    return float(np.abs(np.asarray(got, np.float64) - expected).max() / np.abs(expected).max())
+
+
+@pytest.fixture(scope="module")
+def segmentation():
+    model, variables = random_variables("lraspp_mobilenet_v3_large", SEG_SIZE)
+    x = images(2, SEG_SIZE)
+    with jax.default_matmul_precision("highest"):
+        expected = np.asarray(jax.jit(lambda v, x: model.apply(v, x))(variables, x))
+    return variables, x, expected
+
+
+@pytest.mark.parametrize("format", ["stablehlo", pytest.param("onnx", marks=pytest.mark.export),
+                                    pytest.param("tflite", marks=pytest.mark.export)])
+def test_segmentation_exports_per_pixel_logits(segmentation, format, tmp_path):
+    variables, x, expected = segmentation
+    export_model("lraspp_mobilenet_v3_large", variables, tmp_path, image_size=SEG_SIZE, format=format,
+                 num_classes=CLASSES)
+    contract = json.loads((tmp_path / "export.json").read_text())
+    assert contract["task"] == "segmentation" and contract["labels"] == "voc"
+    (output,) = contract["outputs"]
+    assert output["name"] == "logits" and output["shape"][1:] == [SEG_SIZE, SEG_SIZE, CLASSES]
+    run = load_exported(tmp_path)
+    got = np.concatenate([run(x[i:i + 1]) for i in range(2)]) if format == "tflite" else run(x)
+    assert got.shape == (2, SEG_SIZE, SEG_SIZE, CLASSES) and relative(got, expected) <= 1e-4
+
+
+def test_deeplabv3_exports_its_main_head_only(tmp_path):
+    name = "deeplabv3_mobilenet_v3_large"
+    model, variables = random_variables(name, SEG_SIZE, aux_loss=True)
+    x = images(1, SEG_SIZE)
+    with jax.default_matmul_precision("highest"):
+        expected = np.asarray(jax.jit(lambda v, x: model.apply(v, x)["out"])(variables, x))
+    export_model(name, variables, tmp_path, image_size=SEG_SIZE, num_classes=CLASSES, aux_loss=True)
+    assert [o["name"] for o in json.loads((tmp_path / "export.json").read_text())["outputs"]] == ["logits"]
+    assert relative(load_exported(tmp_path)(x), expected) <= 1e-4
+
+
+@pytest.fixture(scope="module")
+def detector():
+    name = "ssdlite320_mobilenet_v3_large"
+    model, variables = random_variables(name, DET_SIZE)
+    x = images(1, DET_SIZE, seed=2)
+    # The export's own reference: the BatchNorm-folded model (folding is tested in test_inference.py).
+    folded_net, folded = folded_model(name, variables, num_classes=CLASSES)
+    with jax.default_matmul_precision("highest"):
+        raw = jax.device_get(jax.jit(lambda v, x: folded_net.apply(v, x))(folded, x))
+        found = jax.device_get(jax.jit(folded_net.detect)(folded, x))
+    assert 20 < int(found.num_valid[0]) <= 300  # a real test of the post-processing, not an empty one
+    return name, model, variables, x, raw, found
+
+
+def assert_same_detections(got, found):
+    """The same detections; among exactly tied scores (random weights give some: spatially constant deep maps)
+    NMS may keep either box, and a runtime may order them either way, so tied rows are compared by score and
+    label only."""
+    count = int(found.num_valid[0])
+    assert int(got["num_valid"][0]) == count
+    boxes, scores, labels = (np.asarray(got[k][0, :count]) for k in ("boxes", "scores", "labels"))
+    want_boxes, want_scores, want_labels = (np.asarray(a[0, :count]) for a in (found.boxes, found.scores,
+                                                                                found.labels))
+    np.testing.assert_allclose(np.sort(scores), np.sort(want_scores), rtol=1e-4, atol=1e-6)
+    np.testing.assert_array_equal(np.sort(labels), np.sort(want_labels))
+    values, counts = np.unique(np.round(want_scores, 5), return_counts=True)
+    unique = np.isin(np.round(want_scores, 5), values[counts == 1])
+    assert unique.sum() >= count // 2  # most rows are compared box by box
+    for row in np.flatnonzero(unique):
+        candidates = np.flatnonzero(np.abs(scores - want_scores[row]) <= 1e-4 * want_scores[row])
+        assert any(labels[c] == want_labels[row] and np.abs(boxes[c] - want_boxes[row]).max() <= 1e-4 * DET_SIZE
+                   for c in candidates), (row, want_scores[row], want_labels[row], want_boxes[row])
+
+
+@pytest.mark.parametrize("format", ["stablehlo", pytest.param("onnx", marks=pytest.mark.export)])
+def test_detection_exports_detections_with_the_postprocessing_inside(detector, format, tmp_path):
+    name, _, variables, x, raw, found = detector
+    export_model(name, variables, tmp_path, image_size=DET_SIZE, format=format, num_classes=CLASSES)
+    contract = json.loads((tmp_path / "export.json").read_text())
+    batch = "batch" if format == "stablehlo" else 1  # ONNX: the NMS traces at a fixed batch
+    assert [(o["name"], o["shape"]) for o in contract["outputs"]] == [
+        ("boxes", [batch, 300, 4]), ("scores", [batch, 300]), ("labels", [batch, 300]), ("num_valid", [batch]),
+        ("bbox_regression", [batch, 522, 4]), ("cls_logits", [batch, 522, CLASSES])]
+    got = load_exported(tmp_path)(x)
+    for key in ("bbox_regression", "cls_logits"):
+        assert relative(got[key], raw[key]) <= 1e-4
+    assert_same_detections(got, found)
+
+
+@pytest.mark.export
+def test_detection_exports_raw_outputs_and_anchors_to_tflite(detector, tmp_path):
+    name, model, variables, x, raw, _ = detector
+    export_model(name, variables, tmp_path, image_size=DET_SIZE, format="tflite", num_classes=CLASSES,
+                 postprocess=False)
+    np.testing.assert_array_equal(np.load(tmp_path / ANCHORS_FILE), model.anchors((DET_SIZE, DET_SIZE)))
+    got = load_exported(tmp_path)(x)
+    assert sorted(got) == ["bbox_regression", "cls_logits"]
+    for key in got:
+        assert relative(got[key], raw[key]) <= 1e-4
