@@ -1,5 +1,8 @@
 """Classify images with a converted checkpoint or a training run: top-5 labels and probabilities per image.
 
+Segmentation and detection models give per-pixel classes or boxes instead: --output-dir writes each image with
+its colour mask or labelled boxes drawn on it, --json prints class fractions or COCO-style boxes.
+
 --checkpoint takes a folder written by convert_weights.py, a train.py workdir (its best step, or --step N)
 or one of its checkpoints/STEP folders.  Images get the eval transform the checkpoint was evaluated with: a
 training run's own (its image size, mean/std) and class names, else the reference weights' of the model
@@ -8,6 +11,7 @@ training run's own (its image size, mean/std) and class names, else the referenc
 
     python predict.py --checkpoint checkpoints/mobilenet_v2 examples/cat.jpg [--json]
     python predict.py --checkpoint runs/digits [--step 400] digit.png
+    python predict.py --checkpoint checkpoints/ssdlite photo.jpg --output-dir pictures [--json] [--min-score 0.5]
 """
 from __future__ import annotations
 
@@ -32,7 +36,11 @@ def parse_args(argv=None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
     parser.add_argument("--step", type=int, help="with a train.py workdir: this step instead of the best one")
     parser.add_argument("--model", help="model name (default: the one the checkpoint's model.json names); "
                                         f"one of: {', '.join(fm.list_models())}")
-    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON (detection: COCO-style boxes)")
+    parser.add_argument("--output-dir", type=Path, help="segmentation/detection: write each image with its class "
+                                                        "mask or boxes drawn on it here (IMAGE_STEM.png)")
+    parser.add_argument("--min-score", type=float, default=0.3, help="detection: boxes shown from this score "
+                                                                      "(default 0.3)")
     parser.add_argument("--batch-size", type=int, default=16, help="images per compiled call (default 16)")
     parser.add_argument("--top", type=int, default=5, help="labels to show per image (default 5)")
     parser.add_argument("--image-size", type=int, help="crop size (default: the one the model's weights were "
@@ -60,10 +68,10 @@ def resolve_model(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
             raise ValueError(f"{args.checkpoint} has no model.json naming its model: pass --model")
         overrides = metadata.get("overrides", {})
         task = fm.model_spec(name, **overrides).task  # options the model does not take fail here
-        if task != "classification":
-            raise ValueError(f"{name} is a {task} model; predict.py serves classifiers only so far: in Python, "
-                             f"use fm.create_model({name!r}).apply (detection: model.detect) on preprocessed images")
-        return name, metadata.get("num_classes", 1000), overrides
+        if task != "classification" and not (args.output_dir or args.json):
+            raise ValueError(f"{name} is a {task} model: pass --output-dir DIR for the pictures "
+                             f"({'masks' if task == 'segmentation' else 'boxes'} drawn on the images) and/or --json")
+        return name, metadata.get("num_classes", fm.create_model(name, **overrides).num_classes), overrides
     except (ValueError, TypeError, FileNotFoundError) as error:
         parser.error(str(error))
 
@@ -81,6 +89,9 @@ def main(argv=None) -> int:
     import flax
 
     transform = eval_transform(metadata).at_size(args.image_size)
+    task = fm.model_spec(name, **overrides).task
+    if task != "classification":
+        return predict_dense(args, task, name, variables, metadata, transform, num_classes, overrides)
 
     try:  # compiled once, ahead of time, BatchNorm folded; a checkpoint that does not fit fails here
         apply = compile_inference(name, variables, args.batch_size, transform.crop_size,
@@ -118,6 +129,81 @@ def main(argv=None) -> int:
     if args.json:
         print(json.dumps(results, indent=2))
     return 1 if failed else 0
+
+
+def predict_dense(args: argparse.Namespace, task: str, name: str, variables: dict, metadata: dict,
+                  transform, num_classes: int, overrides: dict) -> int:
+    """Segmentation: the class of every pixel (a colour mask over the image, class fractions in --json).
+    Detection: boxes in the image's pixels with labels and scores (drawn, printed, COCO-style in --json)."""
+    import jax
+
+    from flax_mobilenet.drawing import draw_boxes, overlay_mask
+
+    labels = class_names(metadata)
+    compiled: dict[tuple, object] = {}  # one compilation per input shape (segmentation keeps each aspect ratio)
+
+    def run(batch: np.ndarray):
+        """Per-pixel logits (DeepLabV3: the main head's), or detections (the post-processing jitted too)."""
+        if batch.shape not in compiled:
+            apply = compile_inference(name, variables, len(batch), batch.shape[1:3], num_classes=num_classes,
+                                      **overrides)
+            if task == "detection":
+                postprocess = jax.jit(fm.create_model(name, num_classes=num_classes, **overrides)
+                                      .postprocessor(batch.shape[1:3]))
+                compiled[batch.shape] = lambda x: postprocess(apply(x))
+            else:
+                compiled[batch.shape] = lambda x: (lambda out: out["out"] if isinstance(out, dict) else out)(apply(x))
+        return compiled[batch.shape](batch)
+
+    if args.output_dir:
+        args.output_dir.mkdir(parents=True, exist_ok=True)
+    failed, results = False, []
+    for path in args.images:
+        try:
+            image = load_image(path)
+        except ValueError as error:
+            print(f"error: {error}", file=sys.stderr)
+            failed = True
+            continue
+        x = preprocess_for(image, transform)[None]
+        picture_path = args.output_dir / f"{Path(path).stem}.png" if args.output_dir else None
+        if task == "segmentation":
+            classes = np.asarray(run(x))[0].argmax(-1)
+            present, counts = np.unique(classes, return_counts=True)
+            entry = {"image": path, "classes": [
+                {"index": int(i), "label": labels[i] if labels else str(i), "fraction": round(c / classes.size, 4)}
+                for i, c in sorted(zip(present, counts), key=lambda p: -p[1])]}
+            picture = overlay_mask(image, classes, num_classes) if picture_path else None
+            lines = [f"  {c['label']} ({c['index']}): {100 * c['fraction']:.1f}% of the pixels" for c in entry["classes"]]
+        else:
+            found = jax_to_numpy(run(x))
+            keep = np.flatnonzero(found["scores"][0, :int(found["num_valid"][0])] >= args.min_score)
+            scale = np.array([image.width / x.shape[2], image.height / x.shape[1]] * 2, np.float32)
+            boxes = found["boxes"][0, keep] * scale
+            entry = {"image": path, "detections": [
+                {"category_id": int(found["labels"][0, i]), "score": round(float(found["scores"][0, i]), 4),
+                 "label": labels[int(found["labels"][0, i])] if labels else str(int(found["labels"][0, i])),
+                 "bbox": [round(float(v), 1) for v in (b[0], b[1], b[2] - b[0], b[3] - b[1])]}  # COCO: x, y, w, h
+                for i, b in zip(keep, boxes)]}
+            picture = (draw_boxes(image, boxes, found["labels"][0, keep], found["scores"][0, keep], labels,
+                                  num_classes) if picture_path else None)
+            lines = [f"  {d['label']} ({d['category_id']}): {d['score']:.3f} at x={d['bbox'][0]} y={d['bbox'][1]} "
+                     f"w={d['bbox'][2]} h={d['bbox'][3]}" for d in entry["detections"]]
+        if picture is not None:
+            picture.save(picture_path)
+            entry["output"] = str(picture_path)
+        if args.json:
+            results.append(entry)
+        else:
+            print(path + (f" -> {picture_path}" if picture_path else "") + "".join(f"\n{line}" for line in lines),
+                  flush=True)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    return 1 if failed else 0
+
+
+def jax_to_numpy(detections) -> dict[str, np.ndarray]:
+    return {key: np.asarray(value) for key, value in detections._asdict().items()}
 
 
 if __name__ == "__main__":

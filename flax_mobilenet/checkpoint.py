@@ -164,9 +164,16 @@ def eval_transform(metadata: dict[str, Any]) -> WeightsInfo:
 
 
 def class_names(metadata: dict[str, Any]) -> Optional[list[str]]:
-    """A training run's class names; ImageNet's for a 1000-class converted checkpoint; else None."""
+    """A training run's class names; else those of the reference weights' label set when the class count is
+    theirs (ImageNet's 1000, VOC's 21 for segmentation, COCO's 91 for detection); else None."""
     if metadata.get("class_names"):
         return list(metadata["class_names"])
+    from .weights import COCO_LABELS, VOC_LABELS
+
+    label_set = eval_transform(metadata).labels if "model" in metadata or "preprocessing" in metadata else "imagenet1k"
+    if label_set in ("voc", "coco"):
+        names = VOC_LABELS if label_set == "voc" else COCO_LABELS
+        return list(names) if metadata.get("num_classes", len(names)) == len(names) else None
     if metadata.get("num_classes", 1000) == 1000:
         from .preprocessing import imagenet_labels
 

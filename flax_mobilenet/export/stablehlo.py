@@ -20,7 +20,8 @@ def convert(forward: Callable[[Any], tuple], shape: Sequence[Optional[int]],
             outputs: Sequence[tuple[str, Sequence[int]]]) -> tuple[bytes, str]:
     batch = jax.export.symbolic_shape("batch")[0] if shape[0] is None else shape[0]
     spec = jax.ShapeDtypeStruct((batch, *shape[1:]), jnp.float32)
-    exported = jax.export.export(jax.jit(forward))(spec)
+    single = len(outputs) == 1  # one output is exported bare: `.call(images)` gives the logits themselves
+    exported = jax.export.export(jax.jit((lambda x: forward(x)[0]) if single else forward))(spec)
     return exported.serialize(), f"jax.export (jax {jax.__version__})"
 
 
@@ -28,5 +29,7 @@ def load(data: bytes, names: Sequence[str]) -> tuple[Callable[[Any], dict[str, n
     call = jax.export.deserialize(bytearray(data)).call
 
     def run(images: Any) -> dict[str, np.ndarray]:
-        return {name: np.asarray(output) for name, output in zip(names, call(images), strict=True)}
+        outputs = call(images)
+        outputs = (outputs,) if len(names) == 1 else outputs
+        return {name: np.asarray(output) for name, output in zip(names, outputs, strict=True)}
     return run, f"jax {jax.__version__} ({jax.default_backend()})"

@@ -92,6 +92,9 @@ def compile_inference(name: str, variables: dict[str, Any], batch_size: int = 1,
                       keep_host_memory: bool = True, **overrides: Any) -> Callable[[Any], jax.Array]:
     """`fn(images_nhwc_float32) -> logits`, equal to `model.apply(variables, x, train=False)`.
 
+    Segmentation and detection models return what `apply` returns (per-pixel logits; raw head outputs, which
+    `model.postprocessor(size)` turns into detections).
+
     BatchNorm is folded into the convs, the depthwise form is the backend's fastest, and the
     function is compiled now for (batch_size, image_size, image_size, 3) float32 inputs.  With
     several local devices (see `split_cpu_into_devices`) the batch is split over those it divides.

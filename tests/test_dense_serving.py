@@ -1,5 +1,6 @@
-"""Exports of the segmentation and detection models: per-pixel logits, and detections with the post-processing
-inside (StableHLO, ONNX) or raw head outputs with anchors (TFLite), each equal to the model in JAX."""
+"""Serving the segmentation and detection models: exports (per-pixel logits; detections with the post-processing
+inside for StableHLO and ONNX, raw head outputs with anchors for TFLite), compile_inference and predict.py, each
+equal to the model in JAX."""
 import json
 
 import jax
@@ -135,3 +136,61 @@ def test_detection_exports_raw_outputs_and_anchors_to_tflite(detector, tmp_path)
     assert sorted(got) == ["bbox_regression", "cls_logits"]
     for key in got:
         assert relative(got[key], raw[key]) <= 1e-4
+
+
+def run_predict(capsys, *argv):
+    import importlib.util
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("predict_cli", root / "predict.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    status = cli.main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    assert status == 0, captured.err
+    return captured.out
+
+
+CAT = __import__("pathlib").Path(__file__).resolve().parents[1] / "examples" / "cat.jpg"
+
+
+def test_predict_draws_a_segmentation_mask_and_reports_class_fractions(segmentation, tmp_path, capsys):
+    from PIL import Image
+
+    from flax_mobilenet.checkpoint import eval_transform
+    from flax_mobilenet.preprocessing import load_image, preprocess_for
+    variables = segmentation[0]
+    name = "lraspp_mobilenet_v3_large"
+    fm.save_variables(tmp_path / "ckpt", variables, {"model": name, "num_classes": CLASSES})
+    results = json.loads(run_predict(capsys, CAT, "--checkpoint", tmp_path / "ckpt", "--image-size", SEG_SIZE,
+                                     "--output-dir", tmp_path / "pictures", "--json"))
+    (entry,) = results
+    assert Image.open(entry["output"]).size == Image.open(CAT).size
+    x = preprocess_for(load_image(CAT), eval_transform({"model": name}).at_size(SEG_SIZE))
+    classes = np.asarray(fm.create_model(name, num_classes=CLASSES).apply(variables, x[None]))[0].argmax(-1)
+    expected = {int(c): n / classes.size for c, n in zip(*np.unique(classes, return_counts=True))}
+    assert {c["index"]: c["fraction"] for c in entry["classes"]} == pytest.approx(expected, abs=2e-4)
+
+
+def test_predict_gives_coco_style_boxes_in_image_pixels(detector, tmp_path, capsys):
+    from PIL import Image
+
+    from flax_mobilenet.checkpoint import eval_transform
+    from flax_mobilenet.inference import compile_inference
+    from flax_mobilenet.preprocessing import load_image, preprocess_for
+    name, _, variables, _, _, _ = detector
+    fm.save_variables(tmp_path / "ckpt", variables, {"model": name, "num_classes": CLASSES})
+    results = json.loads(run_predict(capsys, CAT, "--checkpoint", tmp_path / "ckpt", "--image-size", DET_SIZE,
+                                     "--min-score", 0.5, "--json"))
+    (entry,) = results
+    x = preprocess_for(load_image(CAT), eval_transform({"model": name}).at_size(DET_SIZE))
+    raw = compile_inference(name, variables, 1, DET_SIZE, num_classes=CLASSES)(x[None])
+    found = fm.create_model(name, num_classes=CLASSES).postprocessor((DET_SIZE, DET_SIZE))(raw)
+    scores = np.asarray(found.scores[0, :int(found.num_valid[0])])
+    assert len(entry["detections"]) == int((scores >= 0.5).sum()) > 0
+    width, height = Image.open(CAT).size
+    for detection, box, label in zip(entry["detections"], np.asarray(found.boxes[0]), np.asarray(found.labels[0])):
+        x0, y0, w, h = detection["bbox"]
+        expected = box * np.array([width, height, width, height]) / DET_SIZE
+        assert np.allclose([x0, y0, x0 + w, y0 + h], expected, atol=0.2) and detection["category_id"] == label
+        assert 0 <= x0 <= x0 + w <= width + 0.1 and 0 <= y0 <= y0 + h <= height + 0.1
