@@ -67,10 +67,7 @@ def resolve_model(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         if name is None:
             raise ValueError(f"{args.checkpoint} has no model.json naming its model: pass --model")
         overrides = metadata.get("overrides", {})
-        task = fm.model_spec(name, **overrides).task  # options the model does not take fail here
-        if task != "classification" and not (args.output_dir or args.json):
-            raise ValueError(f"{name} is a {task} model: pass --output-dir DIR for the pictures "
-                             f"({'masks' if task == 'segmentation' else 'boxes'} drawn on the images) and/or --json")
+        fm.model_spec(name, **overrides)  # options the model does not take fail here
         return name, metadata.get("num_classes", fm.create_model(name, **overrides).num_classes), overrides
     except (ValueError, TypeError, FileNotFoundError) as error:
         parser.error(str(error))
@@ -188,7 +185,8 @@ def predict_dense(args: argparse.Namespace, task: str, name: str, variables: dic
             picture = (draw_boxes(image, boxes, found["labels"][0, keep], found["scores"][0, keep], labels,
                                   num_classes) if picture_path else None)
             lines = [f"  {d['label']} ({d['category_id']}): {d['score']:.3f} at x={d['bbox'][0]} y={d['bbox'][1]} "
-                     f"w={d['bbox'][2]} h={d['bbox'][3]}" for d in entry["detections"]]
+                     f"w={d['bbox'][2]} h={d['bbox'][3]}" for d in entry["detections"]] \
+                or [f"  no detection scored {args.min_score:g} or more (--min-score)"]
         if picture is not None:
             picture.save(picture_path)
             entry["output"] = str(picture_path)
