@@ -91,7 +91,7 @@ from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 import torch  # noqa: E402
 
 import flax_mobilenet as fm  # noqa: E402
-from flax_mobilenet.training import defaults, optim, steps  # noqa: E402
+from flax_mobilenet.training import defaults, optim, steps, tasks  # noqa: E402
 from machine import cpu_description  # noqa: E402
 
 
@@ -152,8 +152,8 @@ def build_ours(name: str, batch: int, depthwise: str, dtype) -> dict:
     rng = np.random.default_rng(0)
     data = {"image": jax.device_put(rng.standard_normal((batch, 224, 224, 3), dtype=np.float32), sharded),
             "label": jax.device_put(rng.integers(0, 1000, batch).astype(np.int32), sharded)}
-    step = jax.jit(functools.partial(steps.train_step, model=model, tx=tx, schedule=schedule, label_smoothing=0.0,
-                                     ema_decay=0.0), donate_argnums=0, out_shardings=(replicated, replicated))
+    step = jax.jit(functools.partial(steps.train_step, model=model, task=tasks.Classification(), tx=tx,
+                                     schedule=schedule, ema_decay=0.0), donate_argnums=0, out_shardings=(replicated, replicated))
     start = time.perf_counter()
     compiled = step.lower(state, data).compile()
     compile_s = time.perf_counter() - start

@@ -24,7 +24,13 @@ VARIABLES_DIR = "variables"
 METADATA_FILE = "model.json"
 CHECKPOINTS_DIR = "checkpoints"  # a training workdir's steps
 STATE_ITEM = "state"  # the orbax item of a training step that holds the TrainState
-BEST_METRIC = "eval_top1"  # what picks a training run's best step
+
+
+def ranking_metric(metrics: dict[str, float]) -> tuple[str, float]:
+    """A saved training step's metrics hold one entry, the run's task's best metric (eval_top1, eval_miou,
+    eval_map): its (name, value), higher is better."""
+    ((name, value),) = metrics.items()
+    return name, float(value)
 
 
 def save_variables(directory: str | os.PathLike, variables: dict[str, Any],
@@ -60,11 +66,11 @@ class LoadedCheckpoint:
 
 
 def manager_options(**options: Any):
-    """orbax options of a training run's CheckpointManager: `best_fn` ranks steps by BEST_METRIC (without it
-    orbax answers best_step() with the latest step)."""
+    """orbax options of a training run's CheckpointManager: `best_fn` ranks steps by their `ranking_metric`
+    (without it orbax answers best_step() with the latest step)."""
     import orbax.checkpoint as ocp
 
-    return ocp.CheckpointManagerOptions(best_fn=lambda metrics: metrics[BEST_METRIC], best_mode="max", **options)
+    return ocp.CheckpointManagerOptions(best_fn=lambda metrics: ranking_metric(metrics)[1], best_mode="max", **options)
 
 
 def _run_folders(path: Path) -> tuple[Optional[Path], Optional[int]]:
@@ -126,7 +132,7 @@ def open_checkpoint(path: str | os.PathLike, step: Optional[int] = None) -> Load
             best = manager.best_step()
             chosen = best if best is not None else manager.latest_step()
             metric = manager.metrics(chosen) if best is not None else None
-            how = f"best {BEST_METRIC} {metric[BEST_METRIC]:.4f}" if metric else "latest; no evaluated step"
+            how = ("best {} {:.4f}".format(*ranking_metric(metric)) if metric else "latest; no evaluated step")
         elif step not in kept:
             raise ValueError(f"step {step} is not kept in {workdir / CHECKPOINTS_DIR}; kept steps: "
                              f"{', '.join(map(str, sorted(kept)))}")

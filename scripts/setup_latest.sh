@@ -49,7 +49,6 @@ step "installing the newest jax/flax/optax/orbax, training and test deps (requir
 REQS=.venv-latest/requirements-latest.txt
 grep -v -E '^[[:space:]]*torch([[:space:]]|[=<>!~;]|$)' requirements-dev.txt \
     | sed -E "s#^-r[[:space:]]+#-r $PWD/#" > "$REQS"
-echo "pytest-xdist>=3.6  # this leg runs its tests in 2 processes (one test file each) to keep CI under an hour" >> "$REQS"
 "$VPY" -m pip install -q -U -r "$REQS"
 
 step "installing flax-mobilenet (editable, --no-deps)"

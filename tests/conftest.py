@@ -57,7 +57,32 @@ def pytest_collection_modifyitems(config, items):
 PARITY_REPORT: dict[str, float] = {}
 
 
+_PARITY_DIR = "FLAX_MOBILENET_PARITY_DIR"  # where pytest-xdist workers leave their reports for the controller
+
+
+def pytest_configure(config):
+    if not hasattr(config, "workerinput"):  # the controller (or a run without xdist); workers inherit the variable
+        import tempfile
+        os.environ[_PARITY_DIR] = tempfile.mkdtemp(prefix="parity-")
+
+
+def pytest_sessionfinish(session):
+    if hasattr(session.config, "workerinput") and PARITY_REPORT and os.environ.get(_PARITY_DIR):
+        import json
+        worker = session.config.workerinput["workerid"]
+        Path(os.environ[_PARITY_DIR], f"{worker}.json").write_text(json.dumps(PARITY_REPORT))
+
+
 def pytest_terminal_summary(terminalreporter):
+    import json
+    import shutil
+    if hasattr(terminalreporter.config, "workerinput"):
+        return  # the controller reports every worker's numbers
+    folder = os.environ.get(_PARITY_DIR)
+    if folder and Path(folder).is_dir():
+        for report in Path(folder).glob("*.json"):
+            PARITY_REPORT.update(json.loads(report.read_text()))
+        shutil.rmtree(folder, ignore_errors=True)
     if PARITY_REPORT:
         terminalreporter.section("parity with PyTorch: max |logit diff| / max |logit|")
         for case, error in sorted(PARITY_REPORT.items()):

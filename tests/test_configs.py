@@ -20,9 +20,14 @@ def test_config_builds_its_model(path):
     options = dict(config.model)
     name = options.pop("name")
     assert name in fm.list_models()
+    if options["num_classes"] == -1:  # the dataset's
+        from flax_mobilenet.training.input_pipeline import dataset_info
+        options["num_classes"] = dataset_info(config).num_classes
     model = fm.create_model(name, **options)
-    shapes = jax.eval_shape(model.init, jax.random.key(0), np.zeros((1, 224, 224, 3), np.float32))
-    assert shapes["params"]["classifier"]["kernel"].shape[-1] == config.model.num_classes
+    size = config.image_size
+    outputs, _ = jax.eval_shape(model.init_with_output, jax.random.key(0), np.zeros((1, size, size, 3), np.float32))
+    logits = outputs["cls_logits"] if isinstance(outputs, dict) else outputs  # a detector's class scores per anchor
+    assert logits.shape[-1] == options["num_classes"] > 1
 
 
 def test_there_is_a_config_per_core_architecture():

@@ -93,7 +93,7 @@ def test_quickstart_reaches_95_percent_on_digits(digits_run):
     final = read_jsonl(workdir / "metrics.jsonl")[-1]
     assert final["eval_examples"] == 360 and final["eval_top1"] >= 0.95, final
     best = max(read_jsonl(workdir / "metrics.jsonl"), key=lambda m: (m["eval_top1"], m["step"]))  # ties: latest
-    assert f"checkpoints: {workdir / 'checkpoints'} (best: step {best['step']}, eval top-1 " in result.stdout
+    assert f"checkpoints: {workdir / 'checkpoints'} (best: step {best['step']}, eval_top1 " in result.stdout
     assert f"tensorboard --logdir {workdir / 'tensorboard'}" in result.stdout
     assert list((workdir / "tensorboard").iterdir()), "no TensorBoard event file"
     assert "compiling the train step (mobilenet_v3_small, global batch 64, 32x32) ...\ncompiled in" in result.stdout
@@ -256,7 +256,8 @@ def test_divergence_stops_with_a_clear_message_and_keeps_the_good_checkpoint(tmp
 
 @pytest.mark.parametrize("flags, message", [
     (["--config.model.name=mobilenet_v9"], "unknown model 'mobilenet_v9'"),
-    (["--config.model.name=ssdlite320_mobilenet_v3_large"], "is a detection model; train.py trains classifiers"),
+    (["--config.model.name=ssdlite320_mobilenet_v3_large"],
+     "ssdlite320_mobilenet_v3_large is a detection model, but dataset 'digits' is for classification: use 'shapes'"),
     (["--config.dataset=no_such_dataset_xyz"], "no_such_dataset_xyz"),
     (["--config.batch_size=30"], "batch_size=30 must be a positive multiple of the 8 devices"),
     (["--config.model.num_classes=7"], "has 10 classes but config.model.num_classes=7"),

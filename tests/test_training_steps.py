@@ -6,7 +6,7 @@ import pytest
 
 import flax_mobilenet as fm
 from flax_mobilenet import create_model
-from flax_mobilenet.training import optim, steps
+from flax_mobilenet.training import optim, steps, tasks
 from flax_mobilenet.training.checkpoints import merge_pretrained
 from flax_mobilenet.training.defaults import base_config, torchvision_v2_recipe, torchvision_v3_recipe
 # PyTorch only inside the tests marked `torch` (imported there: the Python 3.13 CI leg has none; conftest.py).
@@ -93,7 +93,7 @@ def test_cross_entropy_matches_torch(smoothing):
 
     rng = np.random.default_rng(1)
     logits, labels = rng.normal(size=(6, 10)).astype(np.float32), rng.integers(0, 10, 6)
-    ours = float(jnp.mean(steps.cross_entropy(jnp.asarray(logits), jnp.asarray(labels), smoothing)))
+    ours = float(jnp.mean(tasks.cross_entropy(jnp.asarray(logits), jnp.asarray(labels), smoothing)))
     reference = torch.nn.functional.cross_entropy(torch.tensor(logits), torch.tensor(labels),
                                                   label_smoothing=smoothing).item()
     assert ours == pytest.approx(reference, rel=1e-5)
@@ -111,8 +111,9 @@ def test_train_step_learns_and_eval_counts_only_real_examples():
     params = jax.eval_shape(model.init, jax.random.key(0), images)["params"]
     tx = optim.create_optimizer(config, schedule, params)
     state = jax.jit(lambda key: steps.create_train_state(model, tx, key, 32, use_ema=True))(jax.random.key(0))
-    step = jax.jit(lambda s, b: steps.train_step(s, b, model=model, tx=tx, schedule=schedule,
-                                                 label_smoothing=0.0, ema_decay=0.5))
+    task = tasks.Classification()
+    step = jax.jit(lambda s, b: steps.train_step(s, b, model=model, task=task, tx=tx, schedule=schedule,
+                                                 ema_decay=0.5))
     losses = []
     for _ in range(15):
         state, metrics = step(state, {"image": images, "label": labels})
@@ -124,7 +125,7 @@ def test_train_step_learns_and_eval_counts_only_real_examples():
     assert not np.allclose(leaf(state.ema_params), leaf(state.params))
 
     mask = jnp.asarray([1, 1, 1, 1, 1, 0, 0, 0], jnp.float32)
-    sums = jax.jit(lambda p, b, batch: steps.eval_step(p, b, batch, model=model))(
+    sums = jax.jit(lambda p, b, batch: steps.eval_step(p, b, batch, model=model, task=task))(
         state.params, state.batch_stats, {"image": images, "label": labels, "mask": mask})
     assert float(sums["count"]) == 5.0
     assert 0.0 <= float(sums["top1"]) <= float(sums["top5"]) <= 5.0
@@ -154,7 +155,7 @@ def test_best_checkpoint_is_the_best_eval_not_the_latest(tmp_path):
         checkpoints.save(step, state, {"eval_top1": top1})
     checkpoints.wait()
     assert (checkpoints.best_step(), checkpoints.latest_step()) == (400, 440)
-    assert checkpoints.best_metric() == pytest.approx(0.9972)
+    assert checkpoints.best_metric() == ("eval_top1", pytest.approx(0.9972))
     checkpoints.close()
     (tmp_path / "model.json").write_text('{"model": "mobilenet_v3_small", "num_classes": 10}')
     best = read_pretrained(str(tmp_path))  # init_from=<workdir> starts from the best step

@@ -15,16 +15,16 @@ import orbax.checkpoint as ocp
 from flax import traverse_util
 from orbax.checkpoint.checkpoint_managers import preservation_policy as preservation
 
-from ..checkpoint import (BEST_METRIC, CHECKPOINTS_DIR, STATE_ITEM, LoadedCheckpoint, manager_options,
-                          open_checkpoint)
+from ..checkpoint import (CHECKPOINTS_DIR, STATE_ITEM, LoadedCheckpoint, manager_options, open_checkpoint,
+                          ranking_metric)
 
 
 def _best_metric(metrics: dict[str, float]) -> float:
-    return metrics[BEST_METRIC]
+    return ranking_metric(metrics)[1]
 
 
 class TrainingCheckpoints:
-    """Keeps the last `keep` checkpoints plus the one with the best `eval_top1`; saves asynchronously."""
+    """Keeps the last `keep` checkpoints plus the one with the best task metric; saves asynchronously."""
 
     def __init__(self, workdir: Path, keep: int, async_save: bool = True):
         self.directory = Path(workdir).absolute() / CHECKPOINTS_DIR
@@ -40,12 +40,13 @@ class TrainingCheckpoints:
         return self.manager.latest_step()
 
     def best_step(self) -> Optional[int]:
-        """The step with the best eval_top1 among the kept checkpoints (None before the first eval)."""
+        """The step with the best task metric among the kept checkpoints (None before the first eval)."""
         return self.manager.best_step()
 
-    def best_metric(self) -> Optional[float]:
+    def best_metric(self) -> Optional[tuple[str, float]]:
+        """(name, value) of the best step's metric."""
         step = self.manager.best_step()
-        return None if step is None else float(self.manager.metrics(step)[BEST_METRIC])
+        return None if step is None else ranking_metric(self.manager.metrics(step))
 
     def save(self, step: int, state: Any, metrics: Optional[dict[str, float]] = None) -> None:
         self.manager.save(step, args=ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardSave(state)}), metrics=metrics,

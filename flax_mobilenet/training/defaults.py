@@ -12,7 +12,7 @@ def base_config() -> ml_collections.ConfigDict:
         depthwise_impl="auto",  # 'slices' (CPU) or 'lax' (GPU/TPU) when 'auto'
     ))
 
-    config.dataset = "imagenet2012"  # a TFDS name, 'digits', or 'folder:/path/with/one/folder/per/class'
+    config.dataset = "imagenet2012"  # a TFDS name, 'digits', 'folder:/path/with/one/folder/per/class'; 'shapes'
     config.data_dir = placeholder(str)  # TFDS data_dir (prepared with `tfds build`)
     config.train_split = placeholder(str)  # None: 'train'
     config.eval_split = placeholder(str)  # None: 'validation', else 'test'
@@ -28,6 +28,8 @@ def base_config() -> ml_collections.ConfigDict:
         randaugment_num_ops=2,
         randaugment_magnitude=9,
         random_erasing=0.0,  # probability
+        scale_range=(0.5, 2.0),  # segmentation: random resize of the shorter side, x image_size (torchvision's)
+        detection_recipe="ssdlite",  # detection: torchvision's 'ssdlite' (IoU crop, flip) or 'ssd' (+ colour, zoom out)
     ))
 
     config.num_epochs = 1
@@ -44,7 +46,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.learning_rate = 0.1  # per base_batch_size images
     config.base_batch_size = 256  # lr scales linearly with batch_size / base_batch_size; 0: no scaling
     config.lr_schedule = ml_collections.ConfigDict(dict(
-        name="step",  # 'step' (x decay_rate every decay_epochs) | 'cosine' | 'constant'
+        name="step",  # 'step' (x decay_rate every decay_epochs) | 'cosine' | 'poly' (power, per step) | 'constant'
+        power=0.9,  # 'poly'
         decay_rate=1.0,
         decay_epochs=1.0,
         warmup_epochs=0.0,
@@ -60,7 +63,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.log_every_steps = 100
     config.eval_every_steps = 5000
     config.checkpoint_every_steps = 1000
-    config.keep_checkpoints = 3  # the latest N, plus the best eval_top1
+    config.keep_checkpoints = 3  # the latest N, plus the best by the task's metric (eval_top1, eval_miou, eval_map)
     config.async_checkpointing = True
     config.progress_bar = True
     config.init_from = placeholder(str)  # converted or trained checkpoint to fine-tune from

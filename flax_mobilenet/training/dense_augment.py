@@ -449,11 +449,11 @@ def detection_eval(image, boxes, labels, size: Size = 320, mask=None) -> dict[st
 
 
 def segmentation_train(image, mask, seed: Seed, base_size: int = 520, crop_size: Size = 480,
-                       hflip_prob: float = 0.5) -> dict[str, tf.Tensor]:
+                       hflip_prob: float = 0.5, scale: Sequence[float] = (0.5, 2.0)) -> dict[str, tf.Tensor]:
     """torchvision's segmentation reference (SegmentationPresetTrain): RandomResize(0.5-2x base_size, shorter
-    side), RandomHorizontalFlip, RandomCrop(crop_size, pad image 0 / mask 255)."""
+    side; `scale`), RandomHorizontalFlip, RandomCrop(crop_size, pad image 0 / mask 255)."""
     resize_seed, flip_seed, crop_seed = _seeds(seed, 3)
-    image, mask = random_resize(image, mask, resize_seed, int(0.5 * base_size), int(2.0 * base_size))
+    image, mask = random_resize(image, mask, resize_seed, int(scale[0] * base_size), int(scale[1] * base_size))
     image, _, _, mask = random_horizontal_flip(image, None, None, flip_seed, mask, hflip_prob)
     image, mask = random_crop(image, mask, crop_seed, crop_size)
     return {"image": image, "mask": mask}

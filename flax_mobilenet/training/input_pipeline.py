@@ -1,4 +1,5 @@
-"""Input pipeline: TFDS datasets, the embedded `digits`, and image folders as deterministic, resumable batches.
+"""Input pipeline: TFDS datasets, the embedded `digits` and `shapes`, and image folders as deterministic,
+resumable batches, in the format of the model's task (see `tasks.py`).
 
 Determinism is what makes resume exact: epoch e is shuffled with a seed derived from (seed, e), and every
 random augmentation of an example is drawn from stateless ops seeded by (seed, epoch, position in epoch), so
@@ -7,6 +8,7 @@ batch k is the same whether the iterator started at 0 or at k.  TensorFlow is us
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import math
 from pathlib import Path
@@ -15,9 +17,9 @@ from typing import Iterator, Optional
 import numpy as np
 import tensorflow as tf
 
-from ..registry import weights_info
+from ..registry import model_spec, weights_info
 from ..weights import WeightsInfo
-from . import augment
+from . import augment, dense_augment, shapes
 
 tf.config.set_visible_devices([], "GPU")  # the accelerators belong to JAX
 
@@ -37,6 +39,14 @@ class DatasetInfo:
     train_split: str
     eval_split: str
     class_names: tuple[str, ...] = ()  # label index -> name (written to the run's model.json)
+    tasks: tuple[str, ...] = ("classification",)  # what its labels can train
+
+
+def datasets_for(task: str) -> str:
+    """Which datasets train a task, as a hint for the error that names a mismatch."""
+    if task == "classification":
+        return "use 'digits', 'folder:/path/to/images' or a TFDS image-classification name"
+    return f"use 'shapes' (embedded, synthetic: boxes and masks of 5 classes) for {task}"
 
 
 # ------------------------------------------------------------------------------------------------- sources
@@ -134,10 +144,32 @@ def _tfds_builder(config):
     return builder, info
 
 
+@dataclasses.dataclass
+class _DenseInMemory:
+    """A dense-prediction dataset held in memory: per split, `image` (N, S, S, 3) uint8, `mask` (N, S, S) uint8
+    class ids, `boxes` (N, M, 4) xyxy pixels with `labels` (N, M) (0 = padding row)."""
+
+    info: DatasetInfo
+    train: dict[str, np.ndarray]
+    eval: dict[str, np.ndarray]
+
+
+@functools.lru_cache(maxsize=2)
+def _shapes() -> _DenseInMemory:
+    """Generated once per process (about 3 s): the dataset is fixed, whatever the training seed."""
+    keys = ("image", "mask", "boxes", "labels")
+    train, evaluation = (shapes.load(split) for split in ("train", "validation"))
+    info = DatasetInfo("shapes", shapes.NUM_CLASSES, len(train["image"]), len(evaluation["image"]), "train",
+                       "validation", shapes.SHAPES_CLASSES, ("segmentation", "detection"))
+    return _DenseInMemory(info, {k: train[k] for k in keys}, {k: evaluation[k] for k in keys})
+
+
 def _source(config):
     name = config.dataset
     if name == "digits":
         return _digits(config)
+    if name == "shapes":
+        return _shapes()
     if name.startswith("folder:"):
         return _folder(name)
     return _tfds_builder(config)
@@ -145,7 +177,7 @@ def _source(config):
 
 def dataset_info(config) -> DatasetInfo:
     source = _source(config)
-    return source.info if isinstance(source, _InMemory) else source[1]
+    return source[1] if isinstance(source, tuple) else source.info
 
 
 # -------------------------------------------------------------------------------------------- processing
@@ -212,6 +244,32 @@ def _train_image(image: tf.Tensor, seed: tf.Tensor, config) -> tf.Tensor:
     return image
 
 
+def _dense_transform(config, train: bool) -> tf.types.experimental.PolymorphicFunction:
+    """A dense example (image, mask, boxes, labels, seed) -> the task's batch row, traced once."""
+    task, size, normalization = model_spec(config.model.name).task, config.image_size, eval_transform(config)
+    recipe, scale = config.augment.get("detection_recipe", "ssdlite"), tuple(config.augment.get("scale_range", (0.5, 2)))
+    if recipe not in ("ssdlite", "ssd"):
+        raise DatasetError(f"config.augment.detection_recipe={recipe!r}: use 'ssdlite' or 'ssd' (torchvision's "
+                           f"detection references)")
+
+    def transform(image, mask, boxes, labels, seed):
+        if task == "segmentation":
+            out = (dense_augment.segmentation_train(image, mask, seed, base_size=size, crop_size=size, scale=scale)
+                   if train else dense_augment.segmentation_eval(image, mask, size))
+            return {"image": _normalize(out["image"], normalization), "label": tf.cast(out["mask"], tf.int32)}
+        if train:
+            out = (dense_augment.ssdlite_train if recipe == "ssdlite" else dense_augment.ssd_train)(
+                image, boxes, labels, seed, size=size)
+        else:
+            out = dense_augment.detection_eval(image, boxes, labels, size=size)
+        return {"image": _normalize(out["image"], normalization), "boxes": out["boxes"],
+                "labels": tf.cast(out["labels"], tf.int32), "box_mask": out["box_mask"]}
+
+    signature = (tf.TensorSpec([None, None, 3], tf.uint8), tf.TensorSpec([None, None], tf.uint8),
+                 tf.TensorSpec([None, 4], tf.float32), tf.TensorSpec([None], tf.int32), tf.TensorSpec([2], tf.int64))
+    return tf.function(transform, input_signature=signature)
+
+
 # ----------------------------------------------------------------------------------------------- batches
 def _local_batch_size(global_batch_size: int, process_count: int) -> int:
     if global_batch_size % process_count:
@@ -255,20 +313,41 @@ def _name_unreadable(files: Optional[np.ndarray]) -> str:
     return f" ({', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''})" if bad else ""
 
 
-def _memory_epoch(source: _InMemory, config, transform, epoch: int, skip: int, local_batch: int,
-                  process_index: int, process_count: int, steps: int) -> tf.data.Dataset:
-    """Epoch `epoch` of an in-memory dataset, after `skip` global batches; the order ignores process_count."""
-    images, labels = source.train
-    order = np.random.default_rng(_epoch_seed(config.seed, epoch)).permutation(len(labels))
+def _epoch_rows(config, size: int, epoch: int, skip: int, local_batch: int, process_index: int,
+                process_count: int, steps: int) -> tf.data.Dataset:
+    """(example index, position in the epoch) of this process's rows of epoch `epoch` of an in-memory dataset,
+    after `skip` global batches; the order ignores process_count."""
+    order = np.random.default_rng(_epoch_seed(config.seed, epoch)).permutation(size)
     global_batch = local_batch * process_count
     positions = np.arange(steps * global_batch).reshape(steps, process_count, local_batch)
     positions = positions[skip:, process_index].reshape(-1)
-    ds = tf.data.Dataset.from_tensor_slices((order[positions], positions))
+    return tf.data.Dataset.from_tensor_slices((order[positions], positions))
+
+
+def _example_seed(config, epoch: int, position: tf.Tensor) -> tf.Tensor:
+    return tf.stack([tf.cast(config.seed, tf.int64), tf.cast(epoch, tf.int64) * 2**32 + position])
+
+
+def _dense_epoch(source: _DenseInMemory, config, transform, epoch: int, *rows) -> tf.data.Dataset:
+    data = source.train
+
+    def load(index, position):
+        return transform(*(tf.gather(data[k], index) for k in ("image", "mask", "boxes", "labels")),
+                         _example_seed(config, epoch, position))
+
+    return _epoch_rows(config, len(data["image"]), epoch, *rows).map(load, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _memory_epoch(source: _InMemory, config, transform, epoch: int, skip: int, local_batch: int,
+                  process_index: int, process_count: int, steps: int) -> tf.data.Dataset:
+    """Epoch `epoch` of an in-memory classification dataset."""
+    images, labels = source.train
+    ds = _epoch_rows(config, len(labels), epoch, skip, local_batch, process_index, process_count, steps)
 
     def load(index, position):
         image = _decode_file(tf.gather(images, index)) if source.is_files else tf.gather(images, index)
-        seed = tf.stack([tf.cast(config.seed, tf.int64), tf.cast(epoch, tf.int64) * 2**32 + position])
-        return {"image": transform(_to_rgb(image), seed), "label": tf.gather(labels, index)}
+        return {"image": transform(_to_rgb(image), _example_seed(config, epoch, position)),
+                "label": tf.gather(labels, index)}
 
     return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
 
@@ -278,14 +357,18 @@ def train_batches(config, *, global_batch_size: int, process_index: int, process
     """Endless training batches of this process's rows; batch `start_step` comes first (exact resume)."""
     local_batch = _local_batch_size(global_batch_size, process_count)
     source = _source(config)
-    info = source.info if isinstance(source, _InMemory) else source[1]
+    info = source[1] if isinstance(source, tuple) else source.info
     steps = info.num_train // global_batch_size
     if steps == 0:
         raise DatasetError(f"batch size {global_batch_size} exceeds the {info.num_train} training examples")
     epoch, skip = divmod(start_step, steps)
-    transform = _train_transform(config)
+    dense = isinstance(source, _DenseInMemory)
+    transform = _dense_transform(config, train=True) if dense else _train_transform(config)
     while True:
-        if isinstance(source, _InMemory):
+        if dense:
+            ds = _dense_epoch(source, config, transform, epoch, skip, local_batch, process_index, process_count,
+                              steps)
+        elif isinstance(source, _InMemory):
             ds = _memory_epoch(source, config, transform, epoch, skip, local_batch, process_index, process_count,
                                steps)
         else:
@@ -325,14 +408,22 @@ def eval_batches(config, *, global_batch_size: int, process_index: int, process_
     local_batch = _local_batch_size(global_batch_size, process_count)
     source = _source(config)
     size, transform = config.image_size, eval_transform(config)
-    if isinstance(source, _InMemory):
-        images, labels = source.eval
-        total = len(labels)
+    if not isinstance(source, tuple):  # in memory: each process takes its rows of equally many global batches
+        total = len(source.eval["image"] if isinstance(source, _DenseInMemory) else source.eval[1])
         num_batches = math.ceil(total / global_batch_size)
         positions = np.arange(num_batches * global_batch_size).reshape(num_batches, process_count, local_batch)
         positions = positions[:, process_index].reshape(-1)
         mask = (positions < total).astype(np.float32)
         ds = tf.data.Dataset.from_tensor_slices((np.minimum(positions, total - 1), mask))
+    if isinstance(source, _DenseInMemory):
+        dense_transform, data = _dense_transform(config, train=False), source.eval
+        no_seed = tf.zeros([2], tf.int64)
+
+        def load(index, weight):
+            row = dense_transform(*(tf.gather(data[k], index) for k in ("image", "mask", "boxes", "labels")), no_seed)
+            return {**row, "mask": weight}
+    elif isinstance(source, _InMemory):
+        images, labels = source.eval
 
         def load(index, weight):
             image = _decode_file(tf.gather(images, index)) if source.is_files else tf.gather(images, index)

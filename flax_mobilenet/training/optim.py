@@ -13,7 +13,7 @@ import ml_collections
 import optax
 
 OPTIMIZERS = ("sgd", "rmsprop", "adamw")
-SCHEDULES = ("step", "cosine", "constant")
+SCHEDULES = ("step", "cosine", "poly", "constant")
 
 
 def peak_learning_rate(config: ml_collections.ConfigDict) -> float:
@@ -33,6 +33,9 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: i
     elif sched.name == "cosine":
         total = max(1, config.num_epochs * steps_per_epoch - warmup_steps)
         main = optax.cosine_decay_schedule(peak, decay_steps=total)
+    elif sched.name == "poly":  # torch's PolynomialLR stepped per iteration (the segmentation references)
+        total = max(1, config.num_epochs * steps_per_epoch - warmup_steps)
+        main = optax.polynomial_schedule(peak, 0.0, power=sched.get("power", 0.9), transition_steps=total)
     elif sched.name == "constant":
         main = optax.constant_schedule(peak)
     else:

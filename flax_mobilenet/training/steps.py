@@ -9,6 +9,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from .tasks import Task
+
 Metrics = dict[str, jax.Array]
 
 
@@ -35,31 +37,20 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: 
                       ema_params=params if use_ema else None, ema_batch_stats=batch_stats if use_ema else None)
 
 
-def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
-    """Per-example loss; smoothing as torch's CrossEntropyLoss(label_smoothing=): mix with the uniform target."""
-    targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
-    return optax.softmax_cross_entropy(logits, targets)
-
-
-def _topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
-    """1.0 where the label is among the k highest logits (a tie with the label counts in its favour)."""
-    label_logit = jnp.take_along_axis(logits, labels[:, None], axis=-1)
-    return (jnp.sum(logits > label_logit, axis=-1) < k).astype(jnp.float32)
-
-
-def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module,
-               tx: optax.GradientTransformation, schedule: optax.Schedule, label_smoothing: float,
-               ema_decay: float) -> tuple[TrainState, Metrics]:
-    """One optimizer step on a (globally sharded) batch. BatchNorm statistics are those of the global batch."""
+def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module, task: Task,
+               tx: optax.GradientTransformation, schedule: optax.Schedule, ema_decay: float
+               ) -> tuple[TrainState, Metrics]:
+    """One optimizer step on a (globally sharded) batch, the task's loss. BatchNorm statistics are those of the
+    global batch."""
     dropout_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
 
     def loss_fn(params):
-        logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats}, batch["image"],
-                                      train=True, rngs={"dropout": dropout_rng}, mutable=["batch_stats"])
-        loss = jnp.mean(cross_entropy(logits, batch["label"], label_smoothing))
-        return loss, (logits, updates["batch_stats"])
+        outputs, updates = model.apply({"params": params, "batch_stats": state.batch_stats}, batch["image"],
+                                       train=True, rngs={"dropout": dropout_rng}, mutable=["batch_stats"])
+        loss, task_metrics = task.loss(outputs, batch)
+        return loss, (task_metrics, updates["batch_stats"])
 
-    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (loss, (task_metrics, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     ema_params, ema_batch_stats = state.ema_params, state.ema_batch_stats
@@ -70,7 +61,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
     grad_norm = optax.tree.norm(grads)
     metrics = {
         "loss": loss,
-        "top1": jnp.mean(_topk_correct(logits, batch["label"], 1)),
+        **task_metrics,
         "learning_rate": schedule(state.step),
         "grad_norm": grad_norm,
         # checked before every save, so a checkpoint never holds weights a NaN/inf already reached
@@ -82,13 +73,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
     return new_state, metrics
 
 
-def eval_step(params: Any, batch_stats: Any, batch: dict[str, jax.Array], *, model: nn.Module) -> Metrics:
-    """Sums over the real (mask 1) examples of a padded batch; the caller adds them up over batches."""
-    logits = model.apply({"params": params, "batch_stats": batch_stats}, batch["image"], train=False)
-    mask = batch["mask"]
-    return {
-        "loss": jnp.sum(cross_entropy(logits, batch["label"]) * mask),
-        "top1": jnp.sum(_topk_correct(logits, batch["label"], 1) * mask),
-        "top5": jnp.sum(_topk_correct(logits, batch["label"], min(5, logits.shape[-1])) * mask),
-        "count": jnp.sum(mask),
-    }
+def eval_step(params: Any, batch_stats: Any, batch: dict[str, jax.Array], *, model: nn.Module, task: Task) -> Any:
+    """The task's eval outputs of a padded batch (sums over its real examples, or per-example detections)."""
+    outputs = model.apply({"params": params, "batch_stats": batch_stats}, batch["image"], train=False)
+    return task.eval_outputs(outputs, batch)

@@ -21,7 +21,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
 from ..registry import create_model, list_models, model_spec
-from . import input_pipeline, optim, steps
+from . import input_pipeline, optim, steps, tasks
 from .checkpoints import TrainingCheckpoints, merge_pretrained, read_pretrained
 
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: the job did not finish; rerunning the same command resumes it
@@ -63,8 +63,9 @@ def validate_config(config: ml_collections.ConfigDict, info: input_pipeline.Data
     if config.model.name not in list_models():
         raise ConfigError(f"unknown model {config.model.name!r}; known: {', '.join(list_models())}")
     task = model_spec(config.model.name).task
-    if task != "classification":
-        raise ConfigError(f"{config.model.name} is a {task} model; train.py trains classifiers only so far")
+    if task not in info.tasks:
+        raise ConfigError(f"{config.model.name} is a {task} model, but dataset {info.name!r} is for "
+                          f"{' and '.join(info.tasks)}: {input_pipeline.datasets_for(task)}")
     num_classes = config.model.get("num_classes")
     if num_classes not in (None, -1, info.num_classes):
         raise ConfigError(f"dataset {info.name!r} has {info.num_classes} classes but config.model.num_classes="
@@ -145,6 +146,8 @@ class Trainer:
         self.log(f"{config.model.name} on {self.info.name} ({self.info.num_train} train / {self.info.num_eval} eval "
                  f"examples): {data_parallel_environment()}")
         self.model = build_model(config, self.info.num_classes)
+        self.task = tasks.create_task(model_spec(config.model.name).task, self.model, self.info.num_classes,
+                                      config.image_size, config.get("label_smoothing", 0.0))
         self.mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
         self.replicated = NamedSharding(self.mesh, PartitionSpec())
         self.data_sharding = NamedSharding(self.mesh, PartitionSpec("data"))
@@ -161,12 +164,11 @@ class Trainer:
                                                image_size=config.image_size, use_ema=self.use_ema),
                              out_shardings=self.replicated)
         self._train_step = jax.jit(
-            functools.partial(steps.train_step, model=self.model, tx=self.tx, schedule=self.schedule,
-                              label_smoothing=config.get("label_smoothing", 0.0),
+            functools.partial(steps.train_step, model=self.model, task=self.task, tx=self.tx, schedule=self.schedule,
                               ema_decay=config.get("ema_decay", 0.0)),
             in_shardings=(self.replicated, self.data_sharding), out_shardings=(self.replicated, self.replicated),
             donate_argnums=0)
-        self._eval_step = jax.jit(functools.partial(steps.eval_step, model=self.model),
+        self._eval_step = jax.jit(functools.partial(steps.eval_step, model=self.model, task=self.task),
                                   in_shardings=(self.replicated, self.replicated, self.data_sharding),
                                   out_shardings=self.replicated)
         self.checkpoints = TrainingCheckpoints(self.workdir, keep=config.get("keep_checkpoints", 3),
@@ -216,21 +218,14 @@ class Trainer:
         weights = [("eval", state.params, state.batch_stats)]
         if self.use_ema:
             weights.append(("eval_ema", state.ema_params, state.ema_batch_stats))
-        totals: dict[str, Any] = {}
+        evaluations = {prefix: self.task.evaluation() for prefix, _, _ in weights}
         for batch in _device_batches(batches, self.data_sharding):
             for prefix, params, batch_stats in weights:
-                sums = self._eval_step(params, batch_stats, batch)
-                for key, value in sums.items():
-                    name = f"{prefix}_{key}"
-                    totals[name] = totals[name] + value if name in totals else value
-        totals = jax.device_get(totals)
-        results = {}
-        for prefix, _, _ in weights:
-            count = float(totals[f"{prefix}_count"])
-            if count != self.info.num_eval:
-                raise RuntimeError(f"evaluated {count:.0f} examples, expected {self.info.num_eval}")
-            results.update({f"{prefix}_{k}": float(totals[f"{prefix}_{k}"]) / count for k in ("top1", "top5", "loss")})
-        results["eval_examples"] = int(count)
+                evaluations[prefix].add(self._eval_step(params, batch_stats, batch), batch)
+        results: dict[str, Any] = {}
+        for prefix, evaluation in evaluations.items():
+            results.update({f"{prefix}_{k}": float(v) for k, v in evaluation.result(self.info.num_eval).items()})
+        results["eval_examples"] = self.info.num_eval
         return results
 
     # ----------------------------------------------------------------------------------------------- train
@@ -284,10 +279,10 @@ class Trainer:
                     last_eval = {"step": step, **self.evaluate(state)}
                     metrics_log.write(last_eval)
                     self._write_scalars(writer, step, {k: v for k, v in last_eval.items() if k != "step"})
-                    self.log(f"\nstep {step}: eval top-1 {last_eval['eval_top1']:.4f} top-5 "
-                             f"{last_eval['eval_top5']:.4f} loss {last_eval['eval_loss']:.4f}")
+                    self.log(f"\nstep {step}: eval {self.task.describe(last_eval)}")
                 if do_save:
-                    self.checkpoints.save(step, state, {"eval_top1": last_eval["eval_top1"]} if do_eval else None)
+                    best = self.task.best_metric
+                    self.checkpoints.save(step, state, {best: last_eval[best]} if do_eval else None)
                 if progress is not None:
                     progress.update(1)
                 at_sync_point = jax.process_count() == 1 or step % config.get("log_every_steps", 50) == 0
@@ -328,8 +323,7 @@ class Trainer:
         results = {"step": step, **self.evaluate(state)}
         _JsonLines(self.workdir / METRICS_FILE, resume_step=math.inf).write(results)
         self.log(f"eval_only on {self.info.name}/{self.info.eval_split} ({results['eval_examples']} examples): "
-                 f"top-1 {100 * results['eval_top1']:.3f}%  top-5 {100 * results['eval_top5']:.3f}%  "
-                 f"loss {results['eval_loss']:.4f}")
+                 f"{self.task.describe(results)}")
         return results
 
     def _summarize(self, pending: list[dict[str, jax.Array]], step: int) -> dict[str, float]:
@@ -343,7 +337,8 @@ class Trainer:
             raise TrainingDiverged(f"training diverged (NaN/inf loss, gradient or weights) at step {bad} (lr "
                                    f"{float(fetched[-1]['learning_rate']):.3g}); stopped without saving: {where}. "
                                    f"Lower config.learning_rate or set config.grad_clip_norm.")
-        summary = {k: float(np.mean([m[k] for m in fetched])) for k in ("loss", "top1", "grad_norm")}
+        summary = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[-1]
+                   if k not in ("learning_rate", "nonfinite")}
         summary["learning_rate"] = float(fetched[-1]["learning_rate"])
         return summary
 
@@ -377,12 +372,11 @@ class Trainer:
         (self.workdir / METADATA_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
 
     def _print_summary(self, last_eval: dict[str, Any], seconds: float) -> None:
-        best, best_top1 = self.checkpoints.best_step(), self.checkpoints.best_metric()
+        best, best_metric = self.checkpoints.best_step(), self.checkpoints.best_metric()
         best_text = ("no evaluated checkpoint" if best is None
-                     else f"best: step {best}, eval top-1 {100 * best_top1:.2f}%")
+                     else f"best: step {best}, {best_metric[0]} {best_metric[1]:.4f}")
         self.log(f"done: {self.config.model.name} on {self.info.name}, step {last_eval['step']}: "
-                 f"eval top-1 {100 * last_eval['eval_top1']:.2f}% top-5 {100 * last_eval['eval_top5']:.2f}% "
-                 f"({last_eval['eval_examples']} examples) in {seconds:.0f} s\n"
+                 f"eval {self.task.describe(last_eval)} ({last_eval['eval_examples']} examples) in {seconds:.0f} s\n"
                  f"checkpoints: {self.checkpoints.directory} ({best_text})\n"
                  f"metrics: {self.workdir / METRICS_FILE}\n"
                  f"TensorBoard: tensorboard --logdir {self.workdir / 'tensorboard'}")
