@@ -1,7 +1,7 @@
-"""Quickstart: LR-ASPP on MobileNetV3-Large (half width) segmenting the embedded `shapes`, a few minutes on a 2-core CPU."""
+"""Quickstart: LR-ASPP on MobileNetV3-Large (half width) segmenting the embedded `shapes` on a 2-core CPU."""
 import ml_collections
 
-from flax_mobilenet.training.defaults import base_config
+from flax_mobilenet.training.defaults import base_config, cpu_quickstart_recipe
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -13,12 +13,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.batch_size = 16
     config.augment.scale_range = (0.75, 1.5)  # torchvision's 0.5-2x pads a quarter of the crops with 255 at this size
     config.num_epochs = 8
-    config.optimizer.update(name="adamw")
-    config.learning_rate = 3e-3
-    config.base_batch_size = 0
-    config.lr_schedule.update(name="cosine", warmup_epochs=0.2)
-    config.weight_decay = 1e-4
-    config.weight_decay_skip_bn_bias = True
+    cpu_quickstart_recipe(config, warmup_epochs=0.2)
     config.log_every_steps = 25
     config.eval_every_steps = 250
     config.checkpoint_every_steps = 250

@@ -1,7 +1,7 @@
 """Quickstart: MobileNetV3-Small on the embedded `digits` dataset, a few minutes on a 2-core CPU, offline."""
 import ml_collections
 
-from flax_mobilenet.training.defaults import base_config
+from flax_mobilenet.training.defaults import base_config, cpu_quickstart_recipe
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -14,12 +14,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.batch_size = 64
     config.augment.update(random_resized_crop=True, crop_scale_min=0.6, flip=False)
     config.num_epochs = 20
-    config.optimizer.update(name="adamw")
-    config.learning_rate = 3e-3
-    config.base_batch_size = 0
-    config.lr_schedule.update(name="cosine", warmup_epochs=1.0)
-    config.weight_decay = 1e-4
-    config.weight_decay_skip_bn_bias = True
+    cpu_quickstart_recipe(config, warmup_epochs=1.0)
     config.log_every_steps = 20
     config.eval_every_steps = 200
     config.checkpoint_every_steps = 200

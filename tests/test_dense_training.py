@@ -106,7 +106,9 @@ def test_detection_sigkill_then_rerun_ends_exactly_like_an_uninterrupted_run(tmp
     assert "resuming from" in result.stdout
     evals = read_jsonl(workdir / "metrics.jsonl")
     assert evals == read_jsonl(straight / "metrics.jsonl") and {"eval_map", "eval_map50"} <= set(evals[-1])
-    losses = [(r["step"], r["loss"], r["box_loss"], r["class_loss"]) for r in read_jsonl(workdir / "train_metrics.jsonl")]
-    assert losses == [(r["step"], r["loss"], r["box_loss"], r["class_loss"])
-                      for r in read_jsonl(straight / "train_metrics.jsonl")]
-    assert len(losses) == 6 and losses[-1][1] < losses[0][1]
+
+    def losses(run):
+        return [(r["step"], r["loss"], r["box_loss"], r["class_loss"]) for r in read_jsonl(run / "train_metrics.jsonl")]
+
+    assert losses(workdir) == losses(straight)
+    assert len(losses(workdir)) == 6 and losses(workdir)[-1][1] < losses(workdir)[0][1]

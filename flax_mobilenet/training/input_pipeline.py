@@ -247,7 +247,8 @@ def _train_image(image: tf.Tensor, seed: tf.Tensor, config) -> tf.Tensor:
 def _dense_transform(config, train: bool) -> tf.types.experimental.PolymorphicFunction:
     """A dense example (image, mask, boxes, labels, seed) -> the task's batch row, traced once."""
     task, size, normalization = model_spec(config.model.name).task, config.image_size, eval_transform(config)
-    recipe, scale = config.augment.get("detection_recipe", "ssdlite"), tuple(config.augment.get("scale_range", (0.5, 2)))
+    recipe = config.augment.get("detection_recipe", "ssdlite")
+    scale = tuple(config.augment.get("scale_range", (0.5, 2.0)))
     if recipe not in ("ssdlite", "ssd"):
         raise DatasetError(f"config.augment.detection_recipe={recipe!r}: use 'ssdlite' or 'ssd' (torchvision's "
                            f"detection references)")
