@@ -8,7 +8,8 @@ import pytest
 
 from flax_mobilenet.training import input_pipeline, tasks
 from flax_mobilenet.training.shapes import NUM_CLASSES
-from test_train import ROOT, read_jsonl, run_train, shared_compilation_cache  # noqa: F401 (an autouse fixture)
+from test_train import (ROOT, kill_after_checkpoint, read_jsonl, run_train,  # noqa: F401 (the autouse fixture)
+                        shared_compilation_cache)
 
 def _config(path, **overrides):
     import importlib.util
@@ -86,22 +87,13 @@ SHORT_DETECTION_RUN = ["--config.image_size=64", "--config.batch_size=8", "--con
 
 
 def test_detection_sigkill_then_rerun_ends_exactly_like_an_uninterrupted_run(tmp_path):
-    import signal
     import subprocess
-    import time
 
     straight = tmp_path / "straight"
     run_train(straight, *SHORT_DETECTION_RUN, config="configs/ssdlite_shapes.py")
     workdir = tmp_path / "killed"
-    proc = run_train(workdir, *SHORT_DETECTION_RUN, config="configs/ssdlite_shapes.py", stdout=subprocess.DEVNULL,
-                     stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not (workdir / "checkpoints" / "2").is_dir() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    killed_at = max(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
-    assert killed_at < 6, "the run finished before it could be killed; the test proves nothing"
+    kill_after_checkpoint(run_train(workdir, *SHORT_DETECTION_RUN, config="configs/ssdlite_shapes.py",
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), workdir, step=2, last_step=6)
     result = run_train(workdir, *SHORT_DETECTION_RUN, config="configs/ssdlite_shapes.py")
     assert "resuming from" in result.stdout
     evals = read_jsonl(workdir / "metrics.jsonl")

@@ -212,16 +212,21 @@ def test_two_processes_agree_with_one(tmp_path, straight_run):
         read_jsonl(single / "metrics.jsonl")[-1]["eval_top1"], abs=1 / 360 + 1e-9)
 
 
-def test_sigkill_then_rerun_ends_exactly_like_an_uninterrupted_run(tmp_path, straight_run):
-    workdir = tmp_path / "killed"
-    proc = run_train(workdir, *SMALL_RUN, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def kill_after_checkpoint(proc: subprocess.Popen, workdir: Path, step: int, last_step: int) -> None:
+    """SIGKILL a training run once its checkpoint `step` exists, and check it died before `last_step`."""
     deadline = time.time() + 300
-    while not (workdir / "checkpoints" / "6").is_dir() and proc.poll() is None and time.time() < deadline:
+    while not (workdir / "checkpoints" / str(step)).is_dir() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed_at = max(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
-    assert killed_at < 12, "the run finished before it could be killed; the test proves nothing"
+    assert killed_at < last_step, "the run finished before it could be killed; the test proves nothing"
+
+
+def test_sigkill_then_rerun_ends_exactly_like_an_uninterrupted_run(tmp_path, straight_run):
+    workdir = tmp_path / "killed"
+    kill_after_checkpoint(run_train(workdir, *SMALL_RUN, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+                          workdir, step=6, last_step=12)
     result = run_train(workdir, *SMALL_RUN)
     assert "resuming from" in result.stdout
     assert read_jsonl(workdir / "metrics.jsonl") == read_jsonl(straight_run / "metrics.jsonl")

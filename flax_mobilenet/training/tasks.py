@@ -161,7 +161,6 @@ class Segmentation:
 class _Coco(Evaluation):
     def __init__(self):
         self.evaluator = CocoDetectionEvaluator()
-        self.count = 0
 
     def add(self, outputs, batch) -> None:
         self.evaluator.add_batch(outputs, mask=batch["mask"], gt_boxes=batch["boxes"], gt_labels=batch["labels"],
