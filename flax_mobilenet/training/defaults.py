@@ -13,11 +13,13 @@ def base_config() -> ml_collections.ConfigDict:
     ))
 
     config.dataset = "imagenet2012"  # a TFDS name, 'digits', 'folder:/path/with/one/folder/per/class'; 'shapes'
+    # (dense), 'coco:/path/to/coco', 'voc:/path/to/VOCdevkit/VOC2012'
     config.data_dir = placeholder(str)  # TFDS data_dir (prepared with `tfds build`)
-    config.train_split = placeholder(str)  # None: 'train'
-    config.eval_split = placeholder(str)  # None: 'validation', else 'test'
+    config.train_split = placeholder(str)  # None: 'train' (COCO folders: 'train2017')
+    config.eval_split = placeholder(str)  # None: 'validation', else 'test' (COCO folders: 'val2017'; VOC: 'val')
     config.shuffle_buffer_size = 16_384
     config.image_size = 224
+    config.max_boxes = 100  # detection from COCO / VOC / TFDS: boxes per image in a batch (padding rows: label 0)
     config.batch_size = 1024  # global, over all devices of all hosts
     config.eval_batch_size = 0  # 0: batch_size
     config.augment = ml_collections.ConfigDict(dict(
@@ -28,7 +30,8 @@ def base_config() -> ml_collections.ConfigDict:
         randaugment_num_ops=2,
         randaugment_magnitude=9,
         random_erasing=0.0,  # probability
-        scale_range=(0.5, 2.0),  # segmentation: random resize of the shorter side, x image_size (torchvision's)
+        scale_range=(0.5, 2.0),  # segmentation: random resize of the shorter side, x base_size (torchvision's)
+        base_size=0,  # segmentation: the size scale_range multiplies (torchvision: 520, crop 480); 0: image_size
         detection_recipe="ssdlite",  # detection: torchvision's 'ssdlite' (IoU crop, flip) or 'ssd' (+ colour, zoom out)
     ))
 
@@ -95,6 +98,26 @@ def torchvision_v2_recipe(config: ml_collections.ConfigDict) -> ml_collections.C
     config.lr_schedule.update(name="step", decay_rate=0.98, decay_epochs=1.0)
     config.weight_decay = 4e-5
     config.half_precision = True
+    return config
+
+
+def torchvision_segmentation_recipe(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """torchvision's segmentation reference for the MobileNetV3 models (8 GPUs x 4 images)."""
+    config.dataset = "coco:/path/to/coco"  # a placeholder: override with the folder of COCO 2017
+    config.image_size = 480  # the crop; the random resize is around base_size
+    config.augment.base_size = 520
+    config.augment.scale_range = (0.5, 2.0)
+    config.batch_size = 32
+    config.num_epochs = 30
+    config.optimizer.update(name="sgd", momentum=0.9, nesterov=False)
+    config.learning_rate = 0.01
+    config.base_batch_size = 32
+    config.lr_schedule.update(name="poly", power=0.9, warmup_epochs=0.0)
+    config.weight_decay = 1e-6
+    config.half_precision = True
+    config.log_every_steps = 100
+    config.eval_every_steps = 3_000
+    config.checkpoint_every_steps = 1_000
     return config
 
 

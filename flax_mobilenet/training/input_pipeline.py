@@ -1,5 +1,5 @@
-"""Input pipeline: TFDS datasets, the embedded `digits` and `shapes`, and image folders as deterministic,
-resumable batches, in the format of the model's task (see `tasks.py`).
+"""Input pipeline: TFDS datasets, the embedded `digits` and `shapes`, image folders, and COCO / Pascal VOC folders
+(`dense_sources.py`) as deterministic, resumable batches, in the format of the model's task (see `tasks.py`).
 
 Determinism is what makes resume exact: epoch e is shuffled with a seed derived from (seed, e), and every
 random augmentation of an example is drawn from stateless ops seeded by (seed, epoch, position in epoch), so
@@ -12,7 +12,7 @@ import functools
 import hashlib
 import math
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -46,7 +46,9 @@ def datasets_for(task: str) -> str:
     """Which datasets train a task, as a hint for the error that names a mismatch."""
     if task == "classification":
         return "use 'digits', 'folder:/path/to/images' or a TFDS image-classification name"
-    return f"use 'shapes' (embedded, synthetic: boxes and masks of 5 classes) for {task}"
+    tfds_hint = " or TFDS 'coco/2017', 'voc/2007', 'voc/2012' (boxes only)" if task == "detection" else ""
+    return (f"use 'shapes' (embedded, synthetic: boxes and masks of 5 classes), 'coco:/path/to/coco' (train2017/, "
+            f"val2017/, annotations/), 'voc:/path/to/VOCdevkit/VOC2012'{tfds_hint} for {task}")
 
 
 # ------------------------------------------------------------------------------------------------- sources
@@ -131,12 +133,25 @@ def _tfds_builder(config):
         num_train, num_eval = split_size(train), split_size(evaluation)
     except tfds.core.registered.DatasetNotFoundError as error:
         raise DatasetError(f"unknown dataset {config.dataset!r}: use 'digits', 'folder:/path/to/images' (one "
-                           f"sub-folder per class) or a TFDS image-classification name") from error
+                           f"sub-folder per class) or a TFDS image-classification name; for detection and "
+                           f"segmentation 'shapes', 'coco:/path/to/coco', 'voc:/path/to/VOCdevkit/VOC2012' or TFDS "
+                           f"'coco/2017', 'voc/2007' (boxes only)") from error
     except (KeyError, ValueError, AssertionError) as error:
         raise DatasetError(f"TFDS dataset {config.dataset!r} is not prepared in {builder.data_dir}: nothing can "
                            f"be downloaded here; prepare it with `tfds build {config.dataset} --data_dir DIR` (or "
                            f"copy it there) and pass --config.data_dir=DIR ({error})") from error
     features = builder.info.features
+    from . import dense_sources
+
+    if dense_sources.is_tfds_detection(features):  # coco/2017, voc/2007, ...: boxes, labels 0-based
+        if model_spec(config.model.name).task == "segmentation":
+            raise DatasetError(f"TFDS {config.dataset!r} has boxes but no segmentation masks: train a segmentation "
+                               f"model on 'coco:/path/to/coco' (COCO 2017 with its annotations folder, torchvision's "
+                               f"COCO-with-VOC-labels masks) or 'voc:/path/to/VOCdevkit/VOC2012' (SegmentationClass)")
+        labels = features["objects"]["label"]
+        info = DatasetInfo(config.dataset, labels.num_classes + 1, num_train, num_eval, train, evaluation,
+                           ("__background__", *labels.names), ("detection",))
+        return builder, info
     if "image" not in features or "label" not in features:
         raise DatasetError(f"{config.dataset!r} is not an image-classification dataset (needs 'image' and 'label')")
     info = DatasetInfo(config.dataset, features["label"].num_classes, num_train, num_eval, train, evaluation,
@@ -144,14 +159,33 @@ def _tfds_builder(config):
     return builder, info
 
 
+class DenseSource:
+    """A detection / segmentation dataset indexed by example (`shapes` in memory, COCO / VOC folders): `reader`
+    maps an example index to (image uint8 (H, W, 3), mask uint8 (H, W), boxes (M, 4), labels (M,)) in graph ops, M
+    fixed per dataset."""
+
+    info: DatasetInfo
+
+    def reader(self, split: str) -> Callable[[tf.Tensor], tuple[tf.Tensor, ...]]:
+        raise NotImplementedError
+
+    def files(self, split: str) -> Optional[np.ndarray]:
+        """The image files of a split, to name an unreadable one (None: nothing on disk)."""
+        return None
+
+
 @dataclasses.dataclass
-class _DenseInMemory:
+class _DenseInMemory(DenseSource):
     """A dense-prediction dataset held in memory: per split, `image` (N, S, S, 3) uint8, `mask` (N, S, S) uint8
     class ids, `boxes` (N, M, 4) xyxy pixels with `labels` (N, M) (0 = padding row)."""
 
     info: DatasetInfo
     train: dict[str, np.ndarray]
     eval: dict[str, np.ndarray]
+
+    def reader(self, split: str) -> Callable[[tf.Tensor], tuple[tf.Tensor, ...]]:
+        data = self.train if split == "train" else self.eval
+        return lambda index: tuple(tf.gather(data[k], index) for k in ("image", "mask", "boxes", "labels"))
 
 
 @functools.lru_cache(maxsize=2)
@@ -172,6 +206,10 @@ def _source(config):
         return _shapes()
     if name.startswith("folder:"):
         return _folder(name)
+    if name.startswith(("coco:", "voc:")):
+        from . import dense_sources
+
+        return dense_sources.load(config, model_spec(config.model.name).task)
     return _tfds_builder(config)
 
 
@@ -249,13 +287,15 @@ def _dense_transform(config, train: bool) -> tf.types.experimental.PolymorphicFu
     task, size, normalization = model_spec(config.model.name).task, config.image_size, eval_transform(config)
     recipe = config.augment.get("detection_recipe", "ssdlite")
     scale = tuple(config.augment.get("scale_range", (0.5, 2.0)))
+    base_size = config.augment.get("base_size", 0) or size  # torchvision: 520, random-resized around it, crop 480
     if recipe not in ("ssdlite", "ssd"):
         raise DatasetError(f"config.augment.detection_recipe={recipe!r}: use 'ssdlite' or 'ssd' (torchvision's "
                            f"detection references)")
 
     def transform(image, mask, boxes, labels, seed):
         if task == "segmentation":
-            out = (dense_augment.segmentation_train(image, mask, seed, base_size=size, crop_size=size, scale=scale)
+            out = (dense_augment.segmentation_train(image, mask, seed, base_size=base_size, crop_size=size,
+                                                    scale=scale)
                    if train else dense_augment.segmentation_eval(image, mask, size))
             return {"image": _normalize(out["image"], normalization), "label": tf.cast(out["mask"], tf.int32)}
         if train:
@@ -329,14 +369,14 @@ def _example_seed(config, epoch: int, position: tf.Tensor) -> tf.Tensor:
     return tf.stack([tf.cast(config.seed, tf.int64), tf.cast(epoch, tf.int64) * 2**32 + position])
 
 
-def _dense_epoch(source: _DenseInMemory, config, transform, epoch: int, *rows) -> tf.data.Dataset:
-    data = source.train
+def _dense_epoch(source: DenseSource, config, transform, epoch: int, *rows) -> tf.data.Dataset:
+    """Epoch `epoch` of a dense dataset indexed by example (`shapes`, COCO / VOC folders)."""
+    read = source.reader("train")
 
     def load(index, position):
-        return transform(*(tf.gather(data[k], index) for k in ("image", "mask", "boxes", "labels")),
-                         _example_seed(config, epoch, position))
+        return transform(*read(index), _example_seed(config, epoch, position))
 
-    return _epoch_rows(config, len(data["image"]), epoch, *rows).map(load, num_parallel_calls=tf.data.AUTOTUNE)
+    return _epoch_rows(config, source.info.num_train, epoch, *rows).map(load, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def _memory_epoch(source: _InMemory, config, transform, epoch: int, skip: int, local_batch: int,
@@ -363,24 +403,49 @@ def train_batches(config, *, global_batch_size: int, process_index: int, process
     if steps == 0:
         raise DatasetError(f"batch size {global_batch_size} exceeds the {info.num_train} training examples")
     epoch, skip = divmod(start_step, steps)
-    dense = isinstance(source, _DenseInMemory)
+    dense = "classification" not in info.tasks
     transform = _dense_transform(config, train=True) if dense else _train_transform(config)
     while True:
-        if dense:
+        if isinstance(source, DenseSource):
             ds = _dense_epoch(source, config, transform, epoch, skip, local_batch, process_index, process_count,
                               steps)
         elif isinstance(source, _InMemory):
             ds = _memory_epoch(source, config, transform, epoch, skip, local_batch, process_index, process_count,
                                steps)
         else:
-            ds = _tfds_train_epoch(source[0], info, config, transform, epoch, skip, local_batch, process_index,
-                                   process_count, steps)
-        files = source.train[0] if isinstance(source, _InMemory) and source.is_files else None
-        yield from _to_numpy(_finish(ds, local_batch), files)
+            ds = _tfds_train_epoch(source[0], info, config, _tfds_row(info, config, transform), epoch, skip,
+                                   local_batch, process_index, process_count, steps)
+        yield from _to_numpy(_finish(ds, local_batch), _files(source, "train"))
         epoch, skip = epoch + 1, 0
 
 
-def _tfds_train_epoch(builder, info: DatasetInfo, config, transform, epoch: int, skip: int, local_batch: int,
+def _files(source, split: str) -> Optional[np.ndarray]:
+    if isinstance(source, DenseSource):
+        return source.files(split)
+    if isinstance(source, _InMemory) and source.is_files:
+        return (source.train if split == "train" else source.eval)[0]
+    return None
+
+
+def _tfds_row(info: DatasetInfo, config, transform) -> Callable[[dict, tf.Tensor, tf.Tensor], dict]:
+    """(TFDS example, its decoded image, seed) -> batch row: `transform(image, seed)` and the label, or for a
+    detection dataset the dense transform of the image and its `objects` as padded pixel boxes."""
+    if "detection" not in info.tasks:
+        return lambda example, image, seed: {"image": transform(image, seed),
+                                             "label": tf.cast(example["label"], tf.int32)}
+    from . import dense_sources
+
+    max_boxes = config.get("max_boxes", 100)
+
+    def row(example, image, seed):
+        shape = tf.shape(image)
+        boxes, labels = dense_sources.tfds_boxes(example["objects"], shape[0], shape[1], max_boxes)
+        return transform(image, tf.zeros([0, 0], tf.uint8), boxes, labels, seed)
+
+    return row
+
+
+def _tfds_train_epoch(builder, info: DatasetInfo, config, row, epoch: int, skip: int, local_batch: int,
                       process_index: int, process_count: int, steps: int) -> tf.data.Dataset:
     """Per-process file shards (scalable on pods; the order therefore depends on process_count)."""
     import tensorflow_datasets as tfds
@@ -398,7 +463,7 @@ def _tfds_train_epoch(builder, info: DatasetInfo, config, transform, epoch: int,
         image = tf.io.decode_image(example["image"], channels=3, expand_animations=False)
         seed = tf.stack([tf.cast(config.seed, tf.int64),
                          (tf.cast(epoch, tf.int64) * 2**16 + process_index) * 2**32 + position])
-        return {"image": transform(image, seed), "label": tf.cast(example["label"], tf.int32)}
+        return row(example, image, seed)
 
     return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
 
@@ -409,20 +474,19 @@ def eval_batches(config, *, global_batch_size: int, process_index: int, process_
     local_batch = _local_batch_size(global_batch_size, process_count)
     source = _source(config)
     size, transform = config.image_size, eval_transform(config)
-    if not isinstance(source, tuple):  # in memory: each process takes its rows of equally many global batches
-        total = len(source.eval["image"] if isinstance(source, _DenseInMemory) else source.eval[1])
+    if not isinstance(source, tuple):  # indexed: each process takes its rows of equally many global batches
+        total = source.info.num_eval
         num_batches = math.ceil(total / global_batch_size)
         positions = np.arange(num_batches * global_batch_size).reshape(num_batches, process_count, local_batch)
         positions = positions[:, process_index].reshape(-1)
         mask = (positions < total).astype(np.float32)
         ds = tf.data.Dataset.from_tensor_slices((np.minimum(positions, total - 1), mask))
-    if isinstance(source, _DenseInMemory):
-        dense_transform, data = _dense_transform(config, train=False), source.eval
+    if isinstance(source, DenseSource):
+        dense_transform, read = _dense_transform(config, train=False), source.reader("eval")
         no_seed = tf.zeros([2], tf.int64)
 
         def load(index, weight):
-            row = dense_transform(*(tf.gather(data[k], index) for k in ("image", "mask", "boxes", "labels")), no_seed)
-            return {**row, "mask": weight}
+            return {**dense_transform(*read(index), no_seed), "mask": weight}
     elif isinstance(source, _InMemory):
         images, labels = source.eval
 
@@ -431,20 +495,45 @@ def eval_batches(config, *, global_batch_size: int, process_index: int, process_
             return {"image": _eval_image(_to_rgb(image), transform, small=not source.is_files),
                     "label": tf.gather(labels, index), "mask": weight}
     else:
-        import tensorflow_datasets as tfds
-
         builder, info = source
-        split = tfds.even_splits(info.eval_split, n=process_count, drop_remainder=False)[process_index]
-        per_process = math.ceil(info.num_eval / process_count)
-        num_batches = math.ceil(per_process / local_batch)
-        ds = builder.as_dataset(split=split, shuffle_files=False, decoders={"image": tfds.decode.SkipDecoding()})
-        ds = ds.map(lambda ex: (ex["image"], tf.cast(ex["label"], tf.int32), 1.0))
-        pad = tf.data.Dataset.from_tensors((tf.constant(b"", tf.string), 0, 0.0)).repeat()
-        ds = ds.concatenate(pad).take(num_batches * local_batch)
+        detection = "detection" in info.tasks
+        image_transform = (_dense_transform(config, train=False) if detection else
+                           lambda image, seed: _eval_image(image, transform, small=False))
+        row, no_seed = _tfds_row(info, config, image_transform), tf.zeros([2], tf.int64)
+        ds = _tfds_eval_examples(builder, info, local_batch, process_index, process_count,
+                                 "objects" if detection else "label")
 
-        def load(encoded, label, weight):
-            image = tf.cond(weight > 0, lambda: tf.io.decode_image(encoded, channels=3, expand_animations=False),
+        def load(example, weight):
+            image = tf.cond(weight > 0, lambda: tf.io.decode_image(example["image"], channels=3,
+                                                                   expand_animations=False),
                             lambda: tf.zeros((size, size, 3), tf.uint8))
-            return {"image": _eval_image(image, transform, small=False), "label": label, "mask": weight}
-    files = source.eval[0] if isinstance(source, _InMemory) and source.is_files else None
-    yield from _to_numpy(_finish(ds.map(load, num_parallel_calls=tf.data.AUTOTUNE), local_batch), files)
+            return {**row(example, image, no_seed), "mask": weight}
+    yield from _to_numpy(_finish(ds.map(load, num_parallel_calls=tf.data.AUTOTUNE), local_batch),
+                         _files(source, "eval"))
+
+
+_TFDS_OBJECT_FIELDS = ("bbox", "label", "is_crowd", "is_difficult")  # what `dense_sources.tfds_boxes` reads
+
+
+def _tfds_eval_examples(builder, info: DatasetInfo, local_batch: int, process_index: int, process_count: int,
+                        target: str) -> tf.data.Dataset:
+    """(example with the still-encoded `image` and its `target` feature, weight 1) of this process's share of the
+    eval split, then (an all-zero example, weight 0) up to the batch count every process runs."""
+    import tensorflow_datasets as tfds
+
+    split = tfds.even_splits(info.eval_split, n=process_count, drop_remainder=False)[process_index]
+    per_process = math.ceil(info.num_eval / process_count)
+    num_batches = math.ceil(per_process / local_batch)
+    ds = builder.as_dataset(split=split, shuffle_files=False, decoders={"image": tfds.decode.SkipDecoding()})
+
+    def select(example):
+        value = example[target]
+        if isinstance(value, dict):
+            value = {k: v for k, v in value.items() if k in _TFDS_OBJECT_FIELDS}
+        return {"image": example["image"], target: value}, 1.0
+
+    ds = ds.map(select)
+    blank = tf.nest.map_structure(lambda spec: tf.zeros([d or 0 for d in spec.shape], spec.dtype),
+                                  ds.element_spec[0])
+    pad = tf.data.Dataset.from_tensors((blank, 0.0)).repeat()
+    return ds.concatenate(pad).take(num_batches * local_batch)
