@@ -79,8 +79,9 @@ def test_shapes_eval_batches_cover_every_example_once():
     assert len(batches) == 5 and batches[-1]["mask"][:300 - 256].all() and not batches[-1]["mask"][44:].any()
 
 
-# A short detection run at 64x64 (feature maps 4x4 down to 1x1): constant lr, checkpoints every 2 steps, one eval.
-SHORT_DETECTION_RUN = ["--config.image_size=64", "--config.batch_size=8", "--config.eval_batch_size=100",
+# A short detection run at 64x64 (feature maps 4x4 down to 1x1) from random weights: constant lr, checkpoints
+# every 2 steps, one eval.
+SHORT_DETECTION_RUN = ["--config.init_from=", "--config.image_size=64", "--config.batch_size=8", "--config.eval_batch_size=100",
                        "--config.num_train_steps=6", "--config.log_every_steps=1", "--config.eval_every_steps=6",
                        "--config.checkpoint_every_steps=2", "--config.progress_bar=False",
                        "--config.lr_schedule.name=constant", "--config.learning_rate=1e-3"]

@@ -7,7 +7,7 @@ import pytest
 import flax_mobilenet as fm
 from flax_mobilenet import create_model
 from flax_mobilenet.training import optim, steps, tasks
-from flax_mobilenet.training.checkpoints import merge_pretrained
+from flax_mobilenet.training.checkpoints import merge_backbone, merge_pretrained
 from flax_mobilenet.training.defaults import base_config, torchvision_v2_recipe, torchvision_v3_recipe
 # PyTorch only inside the tests marked `torch` (imported there: the Python 3.13 CI leg has none; conftest.py).
 
@@ -143,6 +143,24 @@ def test_merge_pretrained_replaces_only_the_head():
     del loaded["params"]["features_0"]
     with pytest.raises(ValueError, match="missing params/features_0/w"):
         merge_pretrained(fresh, loaded)
+
+
+def test_merge_backbone_loads_the_feature_layers_and_keeps_the_heads_fresh():
+    fresh = {"params": {"features_0": {"w": np.zeros((3, 3))}, "features_1": {"w": np.zeros(2)},
+                        "features_19": {"w": np.zeros(4)}, "head": {"kernel": np.zeros((4, 6))}}}
+    classifier = {"params": {"features_0": {"w": np.ones((3, 3))}, "features_1": {"w": np.ones(2)},
+                             "classifier": {"kernel": np.ones((4, 1000))}}}
+    merged, fresh_modules = merge_backbone(fresh, classifier)
+    assert fresh_modules == ["features_19", "head"]
+    assert merged["params"]["features_0"]["w"].sum() == 9 and merged["params"]["features_1"]["w"].sum() == 2
+    assert merged["params"]["head"]["kernel"].sum() == 0 and merged["params"]["features_19"]["w"].sum() == 0
+    classifier["params"]["features_1"]["w"] = np.ones(3)  # another width
+    with pytest.raises(ValueError, match=r"features_1/w: checkpoint \(3,\) vs model \(2,\)"):
+        merge_backbone(fresh, classifier)
+    classifier["params"]["features_1"]["w"] = np.ones(2)
+    classifier["params"]["features_7"] = {"w": np.ones(2)}  # a deeper backbone than the model's
+    with pytest.raises(ValueError, match="unexpected params/features_7/w"):
+        merge_backbone(fresh, classifier)
 
 
 def test_best_checkpoint_is_the_best_eval_not_the_latest(tmp_path):

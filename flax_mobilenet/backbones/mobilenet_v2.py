@@ -14,8 +14,12 @@ MOBILENET_V2 = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 
 
 
 def resolve_v2(source: str, width_mult: float = 1.0, bn_eps: float = 1e-5, bn_momentum: float = 0.1,
-               rows=MOBILENET_V2) -> ModelSpec:
+               dilated: bool = False, rows=MOBILENET_V2) -> ModelSpec:
+    """`dilated`: the last strided stage and those after it dilated (2) instead of strided, output stride 16, as
+    DeepLab puts MobileNetV2 under a segmentation head (the MobileNetV2 paper's Mobile DeepLabv3); the weights
+    keep their shapes."""
     timm = source == "timm"
+    dilated_from = max(i for i, row in enumerate(rows) if row[3] == 2) if dilated else len(rows)
     stem = make_divisible(32 * width_mult)
     layers = [Layer(ConvNormActSpec(3, stem, 3, 2, "relu6", ("conv_stem", "bn1") if timm else ("0", "1")),
                     "" if timm else "features.0")]
@@ -23,9 +27,10 @@ def resolve_v2(source: str, width_mult: float = 1.0, bn_eps: float = 1e-5, bn_mo
     for stage, (ratio, out, repeats, first_stride) in enumerate(rows):
         out = make_divisible(out * width_mult)
         for i in range(repeats):
-            stride = first_stride if i == 0 else 1
+            stride = first_stride if i == 0 and stage < dilated_from else 1
+            dilation = 2 if stage >= dilated_from else 1
             hidden = int(round(in_features * ratio))  # no divisor rounding, as torchvision
-            block = InvertedResidualSpec(in_features, hidden, out, 3, stride, 1, "relu6", 0, None,
+            block = InvertedResidualSpec(in_features, hidden, out, 3, stride, dilation, "relu6", 0, None,
                                          stride == 1 and in_features == out, source if timm else "torchvision_v2")
             layers.append(Layer(block, f"blocks.{stage}.{i}" if timm else f"features.{len(layers)}"))
             in_features = out

@@ -17,6 +17,7 @@ from typing import Any, Callable, Mapping
 from ..heads import DeepLabV3Spec, DenseHeads, FcnSpec, LrasppSpec
 from ..registry import register
 from ..weights import torchvision_segmentation_weights
+from .mobilenet_v2 import resolve_v2
 from .mobilenet_v3 import resolve_v3_large
 from .spec import FeatureInfo, ModelSpec, feature_info
 
@@ -75,3 +76,11 @@ register("deeplabv3_mobilenet_v3_large", functools.partial(resolve_segmentation,
          dict(TORCHVISION_SEGMENTATION_V3, aux_loss=False), "torchvision",
          torchvision_segmentation_weights("torchvision DeepLabV3_MobileNet_V3_Large_Weights.COCO_WITH_VOC_LABELS_V1"),
          variants=({}, {"aux_loss": True}))
+
+# Beyond torchvision: LR-ASPP on MobileNetV2, dilated as torchvision dilates V3-Large (C5 at output stride 16), the
+# backbone whose ImageNet weights start the shapes quickstart.  BatchNorm eps as mobilenet_v2's, for those weights.
+register("lraspp_mobilenet_v2", functools.partial(resolve_segmentation, resolve_v2, lraspp_heads),
+         dict(width_mult=1.0, dilated=True, bn_eps=1e-5, bn_momentum=0.01, num_classes=21), "torchvision",
+         torchvision_segmentation_weights("none: no published weights; the transform is "
+                                          "lraspp_mobilenet_v3_large's"),
+         variants=({}, {"width_mult": 0.5}))

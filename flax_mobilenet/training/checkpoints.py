@@ -71,7 +71,10 @@ def read_pretrained(path: str) -> LoadedCheckpoint:
     try:
         return open_checkpoint(path)
     except (FileNotFoundError, ValueError) as error:
-        raise ValueError(f"init_from={path}: {error}") from error
+        hint = ("; make it with `python convert_weights.py --model NAME --input FILE.pth --output "
+                f"{path}` (the README's quickstarts say which weights), or start from random weights with "
+                "--config.init_from=''") if not Path(path).expanduser().exists() else ""
+        raise ValueError(f"init_from={path}: {error}{hint}") from error
 
 
 def merge_pretrained(fresh: dict[str, Any], loaded: dict[str, Any], new_head: str = "classifier"
@@ -83,15 +86,48 @@ def merge_pretrained(fresh: dict[str, Any], loaded: dict[str, Any], new_head: st
     fresh_flat = traverse_util.flatten_dict(fresh, sep="/")
     loaded_flat = traverse_util.flatten_dict(loaded, sep="/")
     missing = sorted(set(fresh_flat) - set(loaded_flat))
-    unexpected = sorted(set(loaded_flat) - set(fresh_flat))
     mismatched = sorted(k for k in set(fresh_flat) & set(loaded_flat) if fresh_flat[k].shape != loaded_flat[k].shape)
     kept_fresh = [k for k in mismatched if f"/{new_head}/" in f"/{k}"]
-    problems = [*(f"missing {k}" for k in missing), *(f"unexpected {k}" for k in unexpected),
-                *(f"{k}: checkpoint {loaded_flat[k].shape} vs model {fresh_flat[k].shape}"
-                  for k in mismatched if k not in kept_fresh)]
+    _require_fit(fresh_flat, loaded_flat, [f"missing {k}" for k in missing], kept_fresh,
+                 "init_from does not fit this model")
+    return _merged(fresh_flat, loaded_flat, kept_fresh), kept_fresh
+
+
+def merge_backbone(fresh: dict[str, Any], classifier: dict[str, Any], classifier_head: str = "classifier"
+                   ) -> tuple[dict[str, Any], list[str]]:
+    """Load a classifier's feature layers (all but its `classifier_head`) into a dense model's backbone: the usual
+    start of segmentation and detection training (an ImageNet backbone, fresh heads and extra layers).
+
+    Every loaded layer must exist in `fresh` with the same shape.  Returns the merged variables and the top-level
+    modules that kept their fresh initialisation (the heads, SSDLite's extra blocks).
+    """
+    fresh_flat = traverse_util.flatten_dict(fresh, sep="/")
+    loaded_flat = {k: v for k, v in traverse_util.flatten_dict(classifier, sep="/").items()
+                   if k.split("/")[1] != classifier_head}
+    _require_fit(fresh_flat, loaded_flat, [], [], "the classifier's layers do not fit this model's backbone")
+    kept = set(fresh_flat) - set(loaded_flat)
+    modules = sorted({k.split("/")[1] for k in kept}, key=_natural_order)
+    return _merged(fresh_flat, loaded_flat, kept), modules
+
+
+def _natural_order(name: str) -> tuple[str, int]:
+    stem, _, index = name.rpartition("_")
+    return (stem, int(index)) if index.isdigit() else (name, -1)
+
+
+def _require_fit(fresh_flat: dict[str, Any], loaded_flat: dict[str, Any], problems: list[str], allowed: list[str],
+                 message: str) -> None:
+    unexpected = sorted(set(loaded_flat) - set(fresh_flat))
+    mismatched = sorted(k for k in set(fresh_flat) & set(loaded_flat)
+                        if fresh_flat[k].shape != loaded_flat[k].shape and k not in allowed)
+    problems = [*problems, *(f"unexpected {k}" for k in unexpected),
+                *(f"{k}: checkpoint {loaded_flat[k].shape} vs model {fresh_flat[k].shape}" for k in mismatched)]
     if problems:
         shown = "; ".join(problems[:8]) + (f"; ... ({len(problems)} problems)" if len(problems) > 8 else "")
-        raise ValueError(f"init_from does not fit this model: {shown}")
+        raise ValueError(f"{message}: {shown}")
+
+
+def _merged(fresh_flat: dict[str, Any], loaded_flat: dict[str, Any], kept_fresh) -> dict[str, Any]:
     merged = {k: (fresh_flat[k] if k in kept_fresh else loaded_flat[k].astype(fresh_flat[k].dtype))
               for k in fresh_flat}
-    return traverse_util.unflatten_dict(merged, sep="/"), kept_fresh
+    return traverse_util.unflatten_dict(merged, sep="/")

@@ -22,7 +22,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from ..registry import create_model, list_models, model_spec
 from . import input_pipeline, optim, steps, tasks
-from .checkpoints import TrainingCheckpoints, merge_pretrained, read_pretrained
+from .checkpoints import TrainingCheckpoints, merge_backbone, merge_pretrained, read_pretrained
 
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: the job did not finish; rerunning the same command resumes it
 METRICS_FILE = "metrics.jsonl"
@@ -196,14 +196,25 @@ class Trainer:
         except ValueError as error:
             raise ConfigError(str(error)) from error
         expected, stored = self.config.model.name, pretrained.metadata.get("model")
-        if stored not in (None, expected):
+        backbone_only = (stored not in (None, expected) and stored in list_models()
+                         and model_spec(stored).task == "classification"
+                         and model_spec(expected).task != "classification")
+        if stored not in (None, expected) and not backbone_only:
             raise ConfigError(f"init_from={self.config.init_from} holds a {stored} checkpoint, but "
                               f"config.model.name is {expected}: set --config.model.name={stored}")
         self.log(f"init_from: {pretrained.description}")
-        fresh = {"params": state.params, "batch_stats": state.batch_stats}
-        merged, kept_fresh = merge_pretrained(jax.device_get(fresh), pretrained.variables)
-        if kept_fresh:
-            self.log(f"init_from: new head for {self.info.num_classes} classes ({', '.join(kept_fresh)})")
+        fresh = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
+        try:
+            if backbone_only:
+                merged, fresh_modules = merge_backbone(fresh, pretrained.variables)
+                self.log(f"init_from: {stored}'s layers as the backbone of {expected}; fresh: "
+                         f"{', '.join(fresh_modules)}")
+            else:
+                merged, kept_fresh = merge_pretrained(fresh, pretrained.variables)
+                if kept_fresh:
+                    self.log(f"init_from: new head for {self.info.num_classes} classes ({', '.join(kept_fresh)})")
+        except ValueError as error:
+            raise ConfigError(f"init_from={self.config.init_from} ({stored or 'unknown model'}): {error}") from error
         merged = jax.device_put(merged, self.replicated)
         tx_state = jax.jit(self.tx.init, out_shardings=self.replicated)(merged["params"])
         ema = (merged["params"], merged["batch_stats"]) if self.use_ema else (None, None)
