@@ -9,8 +9,9 @@ skipped, 91 category ids; 'ssdlite' augmentation (IoU crop, flip), plain 320x320
 
 Set the data: --config.dataset=coco:/path/to/coco (train2017/, val2017/, annotations/instances_*2017.json); TFDS's
 'coco/2017' also works (80 contiguous classes: then --config.model.num_classes=81).  torchvision starts from ImageNet
-weights (--weights-backbone MobileNet_V3_Large_Weights.IMAGENET1K_V1): pass a converted checkpoint as
---config.init_from to do the same.
+weights (--weights-backbone MobileNet_V3_Large_Weights.IMAGENET1K_V1), and then builds the backbone without the
+reduced tail: pass a converted mobilenet_v3_large checkpoint as --config.init_from together with
+--config.model.reduced_tail=False to do the same.
 """
 import ml_collections
 

@@ -149,7 +149,7 @@ def test_merge_backbone_loads_the_feature_layers_and_keeps_the_heads_fresh():
     fresh = {"params": {"features_0": {"w": np.zeros((3, 3))}, "features_1": {"w": np.zeros(2)},
                         "features_19": {"w": np.zeros(4)}, "head": {"kernel": np.zeros((4, 6))}}}
     classifier = {"params": {"features_0": {"w": np.ones((3, 3))}, "features_1": {"w": np.ones(2)},
-                             "classifier": {"kernel": np.ones((4, 1000))}}}
+                             "pre_logits": {"kernel": np.ones((4, 8))}, "classifier": {"kernel": np.ones((8, 1000))}}}
     merged, fresh_modules = merge_backbone(fresh, classifier)
     assert fresh_modules == ["features_19", "head"]
     assert merged["params"]["features_0"]["w"].sum() == 9 and merged["params"]["features_1"]["w"].sum() == 2

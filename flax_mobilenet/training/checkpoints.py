@@ -93,18 +93,18 @@ def merge_pretrained(fresh: dict[str, Any], loaded: dict[str, Any], new_head: st
     return _merged(fresh_flat, loaded_flat, kept_fresh), kept_fresh
 
 
-def merge_backbone(fresh: dict[str, Any], classifier: dict[str, Any], classifier_head: str = "classifier"
-                   ) -> tuple[dict[str, Any], list[str]]:
-    """Load a classifier's feature layers (all but its `classifier_head`) into a dense model's backbone: the usual
-    start of segmentation and detection training (an ImageNet backbone, fresh heads and extra layers).
+def merge_backbone(fresh: dict[str, Any], classifier: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """Load a classifier's feature layers (`features_N`; not its pooling head) into a dense model's backbone: the
+    usual start of segmentation and detection training (an ImageNet backbone, fresh heads and extra layers).
 
     Every loaded layer must exist in `fresh` with the same shape.  Returns the merged variables and the top-level
     modules that kept their fresh initialisation (the heads, SSDLite's extra blocks).
     """
     fresh_flat = traverse_util.flatten_dict(fresh, sep="/")
     loaded_flat = {k: v for k, v in traverse_util.flatten_dict(classifier, sep="/").items()
-                   if k.split("/")[1] != classifier_head}
-    _require_fit(fresh_flat, loaded_flat, [], [], "the classifier's layers do not fit this model's backbone")
+                   if k.split("/")[1].startswith("features_")}
+    _require_fit(fresh_flat, loaded_flat, [], [], "the classifier's layers do not fit this model's backbone (built "
+                 "with other options, e.g. width_mult or reduced_tail?)")
     kept = set(fresh_flat) - set(loaded_flat)
     modules = sorted({k.split("/")[1] for k in kept}, key=_natural_order)
     return _merged(fresh_flat, loaded_flat, kept), modules
