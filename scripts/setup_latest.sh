@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create .venv-latest: Python 3.13 with the newest jax/flax/optax/orbax and the test deps (requirements-dev.txt
-# without torch, resolved to the newest releases), for the second CI leg (`pytest -m "not torch and not export"`). No
+# without torch, resolved to the newest releases), for the second CI leg (`pytest -m "not torch and not export and not slow"`). No
 # torch/torchvision/timm here: the tests that need them are marked `torch` (tests/conftest.py) and run in the
 # Python 3.11 leg only.
 set -euo pipefail

@@ -50,6 +50,19 @@ def final_eval(rows: list[dict]) -> dict:
     return evals[-1]
 
 
+def held_out_images(folder: Path, count: int = 8) -> tuple[list[dict], list[Path]]:
+    """The first `count` validation shapes (never trained on) as the PNG files a user hands to predict.py."""
+    from PIL import Image
+
+    from flax_mobilenet.training import shapes
+
+    examples = [shapes.generate("validation", i) for i in range(count)]
+    paths = [folder / f"shapes{i}.png" for i in range(count)]
+    for example, path in zip(examples, paths):
+        Image.fromarray(example["image"]).save(path)
+    return examples, paths
+
+
 def predict_json(workdir: Path, images: list[Path], *flags: str) -> list[dict]:
     result = _run([sys.executable, str(ROOT / "predict.py"), "--checkpoint", str(workdir), "--json", *flags,
                    *map(str, images)], workdir)

@@ -87,6 +87,7 @@ SHORT_DETECTION_RUN = ["--config.init_from=", "--config.image_size=64", "--confi
                        "--config.lr_schedule.name=constant", "--config.learning_rate=1e-3"]
 
 
+@pytest.mark.slow
 def test_detection_sigkill_then_rerun_ends_exactly_like_an_uninterrupted_run(tmp_path):
     import subprocess
 

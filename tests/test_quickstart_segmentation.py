@@ -1,9 +1,8 @@
 """The README's LR-ASPP quickstart on `shapes`, unchanged: mIoU >= 0.6 on the held-out split, then served."""
 import numpy as np
 import pytest
-from PIL import Image
 
-from dense_quickstart import final_eval, predict_json, run_quickstart
+from dense_quickstart import final_eval, held_out_images, predict_json, run_quickstart
 from flax_mobilenet.training import shapes
 
 pytestmark = pytest.mark.torch  # converting the .pth reads it with torch
@@ -26,15 +25,14 @@ def test_lraspp_quickstart_reaches_miou_of_0_6(quickstart):
 
 def test_the_trained_segmenter_labels_held_out_pixels_through_predict(quickstart, tmp_path):
     workdir = quickstart[0]
-    examples = [shapes.generate("validation", i) for i in range(8)]
-    paths = []
-    for i, example in enumerate(examples):
-        paths.append(tmp_path / f"shapes{i}.png")
-        Image.fromarray(example["image"]).save(paths[-1])
+    examples, paths = held_out_images(tmp_path)
+    distances = []  # total variation between the predicted and the true class fractions of each image
     for example, result in zip(examples, predict_json(workdir, paths)):
         truth = np.bincount(example["mask"].ravel(), minlength=shapes.NUM_CLASSES) / example["mask"].size
         predicted = np.zeros(shapes.NUM_CLASSES)
         for entry in result["classes"]:
             assert entry["label"] == shapes.SHAPES_CLASSES[entry["index"]]
             predicted[entry["index"]] = entry["fraction"]
-        assert np.abs(predicted - truth).sum() / 2 <= 0.1, (result["image"], predicted.round(3), truth.round(3))
+        distances.append(np.abs(predicted - truth).sum() / 2)
+        assert distances[-1] <= 0.15, (result["image"], predicted.round(3), truth.round(3))
+    assert np.mean(distances) <= 0.05, distances  # measured: 0.017 on average, 0.078 at most

@@ -49,6 +49,7 @@ def read_jsonl(path):
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", IMAGENET_CONFIGS)
 def test_config_trains_and_evaluates_one_step_on_mock_imagenet(name, tmp_path):
     """The published recipes (RMSprop/SGD, AutoAugment, random erasing, bf16) run a train and an eval step."""
@@ -174,6 +175,7 @@ def straight_run(tmp_path_factory):
     return workdir
 
 
+@pytest.mark.slow
 def test_eight_devices_follow_the_single_device_trajectory(tmp_path, straight_run):
     """Same global batch over 8 simulated CPU devices: BatchNorm sees the global batch, so losses agree.
 
@@ -195,6 +197,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_agree_with_one(tmp_path, straight_run):
     """Two jax.distributed processes on localhost (1 CPU device each) train like one process, one device."""
     single = straight_run
@@ -223,6 +226,7 @@ def kill_after_checkpoint(proc: subprocess.Popen, workdir: Path, step: int, last
     assert killed_at < last_step, "the run finished before it could be killed; the test proves nothing"
 
 
+@pytest.mark.slow
 def test_sigkill_then_rerun_ends_exactly_like_an_uninterrupted_run(tmp_path, straight_run):
     workdir = tmp_path / "killed"
     kill_after_checkpoint(run_train(workdir, *SMALL_RUN, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
@@ -248,6 +252,7 @@ def test_sigterm_saves_and_exits(tmp_path):
     assert saved and max(saved) < 12  # saved at the step it was told to stop (resuming is tested above)
 
 
+@pytest.mark.slow
 def test_divergence_stops_with_a_clear_message_and_keeps_the_good_checkpoint(tmp_path, straight_run):
     shutil.copytree(straight_run, tmp_path, dirs_exist_ok=True)  # finished at step 12; go on with a huge lr
     result = run_train(tmp_path, *SMALL_RUN, "--config.learning_rate=1e30", "--config.num_train_steps=18",
@@ -270,6 +275,10 @@ def test_divergence_stops_with_a_clear_message_and_keeps_the_good_checkpoint(tmp
     (["--config.batch_size=many"], "flag --config.batch_size=many: invalid literal"),
     (["--config.model=mobilenet_v2"], "config.model is a group of keys, not a value: set one of them, e.g. "
                                       "--config.model.name=..."),
+    (["--config.init_from=no/such/weights"], "init_from=no/such/weights: no checkpoint at no/such/weights: expected "
+     "a folder written by convert_weights.py or train.py"),
+    (["--config.init_from=no/such/weights"], "make it with `python convert_weights.py --model NAME --input FILE.pth "
+     "--output no/such/weights`"),
 ])
 def test_bad_config_values_give_one_clear_error(tmp_path, flags, message):
     result = run_train(tmp_path / "run", *flags, devices=8, check=False)
