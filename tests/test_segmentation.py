@@ -210,3 +210,22 @@ def test_weights_info_is_torchvisions_segmentation_transform(name, weights):
     expected = transform(photo).numpy().transpose(1, 2, 0)  # resized whole, not cropped
     ours = preprocess_for(photo, info)
     assert ours.shape == expected.shape and np.abs(ours - expected).max() < 1e-5
+
+
+def test_lraspp_mobilenet_v2_is_torchvisions_builder_on_a_dilated_mobilenet_v2(parity_report):
+    """`lraspp_mobilenet_v2`: torchvision's LR-ASPP builder (it takes any backbone whose blocks mark `_is_cn`) on its
+    MobileNetV2, dilated as torchvision dilates V3: from the last strided stage on, stride 1 and dilation 2."""
+    backbone = tv_models.mobilenet_v2()
+    for index in range(14, 18):  # features.14 strides to 1/32; it and the blocks after it are dilated instead
+        depthwise = backbone.features[index].conv[1][0]
+        depthwise.stride, depthwise.dilation, depthwise.padding = (1, 1), (2, 2), (2, 2)
+    reference = randomize_(_lraspp_mobilenetv3(backbone, 5), seed=8)
+    variables = fm.convert_state_dict("lraspp_mobilenet_v2", reference.state_dict(), num_classes=5)
+    assert fm.feature_info("lraspp_mobilenet_v2")["features.18"].stride == 16
+    images = np.random.default_rng(5).standard_normal((2, *SIZE, 3), dtype=np.float32)
+    ours = jax.jit(fm.create_model("lraspp_mobilenet_v2", num_classes=5).apply)(variables, images)
+    with torch.inference_mode():
+        expected = nhwc(reference(torch.from_numpy(images.transpose(0, 3, 1, 2).copy())))["out"]
+    assert ours.shape == expected.shape == (2, *SIZE, 5)
+    parity_report["lraspp_mobilenet_v2 (dilated) vs torchvision's builder"] = error = relative_error(ours, expected)
+    assert error <= RELATIVE_TOLERANCE
