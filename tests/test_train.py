@@ -281,11 +281,11 @@ def test_divergence_stops_with_a_clear_message_and_keeps_the_good_checkpoint(tmp
      "--output no/such/weights`"),
 ])
 def test_bad_config_values_give_one_clear_error(tmp_path, flags, message):
-    result = run_train(tmp_path / "run", *flags, devices=8, check=False)
+    result = run_train(tmp_path / "runs" / "run", *flags, devices=8, check=False)
     assert result.returncode == 1
     assert message in result.stderr, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
-    assert not (tmp_path / "run").exists(), "a failed start left its workdir behind"
+    assert not (tmp_path / "runs").exists(), "a failed start left the folders it made behind"
 
 
 def test_a_batch_size_off_the_recipe_is_explained():

@@ -396,9 +396,10 @@ class Trainer:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Train (or, with `eval_only`, evaluate) as configured; resumes from `workdir` when it holds checkpoints.
 
-    A start that fails before writing anything removes the workdir it created (no empty run folders left)."""
+    A start that fails before writing anything removes the folders it created (no empty run folders left)."""
     path = Path(workdir).expanduser().absolute()
-    created = not path.exists()
+    missing = [folder for folder in (path, *path.parents) if not folder.exists()]
+    created = missing[-1] if missing else None  # the outermost folder the run's mkdir makes (e.g. runs/ of runs/x)
     trainer = None
     try:
         trainer = Trainer(config, workdir)
@@ -407,8 +408,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if trainer is not None:
             trainer.checkpoints.close()
             trainer = None
-        if created and path.is_dir() and not any(p.is_file() for p in path.rglob("*")):
-            shutil.rmtree(path, ignore_errors=True)
+        if created is not None and created.is_dir() and not any(p.is_file() for p in created.rglob("*")):
+            shutil.rmtree(created, ignore_errors=True)
         raise
     finally:
         if trainer is not None:
