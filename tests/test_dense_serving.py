@@ -81,13 +81,13 @@ def test_deeplabv3_exports_its_main_head_only(tmp_path):
 def detector():
     name = "ssdlite320_mobilenet_v3_large"
     model, variables = random_variables(name, DET_SIZE)
-    x = images(1, DET_SIZE, seed=2)
+    x = images(2, DET_SIZE, seed=2)
     # The export's own reference: the BatchNorm-folded model (folding is tested in test_inference.py).
     folded_net, folded = folded_model(name, variables, num_classes=CLASSES)
     with jax.default_matmul_precision("highest"):
         raw = jax.device_get(jax.jit(lambda v, x: folded_net.apply(v, x))(folded, x))
         found = jax.device_get(jax.jit(folded_net.detect)(folded, x))
-    assert 20 < int(found.num_valid[0]) <= 300  # a real test of the post-processing, not an empty one
+    assert all(20 < int(n) <= 300 for n in found.num_valid)  # a real test of the post-processing, not an empty one
     return name, model, variables, x, raw, found
 
 
@@ -95,11 +95,16 @@ def assert_same_detections(got, found):
     """The same detections; among exactly tied scores (random weights give some: spatially constant deep maps)
     NMS may keep either box, and a runtime may order them either way, so tied rows are compared by score and
     label only."""
-    count = int(found.num_valid[0])
-    assert int(got["num_valid"][0]) == count
-    boxes, scores, labels = (np.asarray(got[k][0, :count]) for k in ("boxes", "scores", "labels"))
-    want_boxes, want_scores, want_labels = (np.asarray(a[0, :count]) for a in (found.boxes, found.scores,
-                                                                                found.labels))
+    for image in range(len(found.num_valid)):
+        _assert_same_image_detections(got, found, image)
+
+
+def _assert_same_image_detections(got, found, image):
+    count = int(found.num_valid[image])
+    assert int(got["num_valid"][image]) == count
+    boxes, scores, labels = (np.asarray(got[k][image, :count]) for k in ("boxes", "scores", "labels"))
+    want_boxes, want_scores, want_labels = (np.asarray(a[image, :count]) for a in (found.boxes, found.scores,
+                                                                                    found.labels))
     np.testing.assert_allclose(np.sort(scores), np.sort(want_scores), rtol=1e-4, atol=1e-6)
     np.testing.assert_array_equal(np.sort(labels), np.sort(want_labels))
     values, counts = np.unique(np.round(want_scores, 5), return_counts=True)
@@ -116,14 +121,59 @@ def test_detection_exports_detections_with_the_postprocessing_inside(detector, f
     name, _, variables, x, raw, found = detector
     export_model(name, variables, tmp_path, image_size=DET_SIZE, format=format, num_classes=CLASSES)
     contract = json.loads((tmp_path / "export.json").read_text())
-    batch = "batch" if format == "stablehlo" else 1  # ONNX: the NMS traces at a fixed batch
+    batch = "batch"
     assert [(o["name"], o["shape"]) for o in contract["outputs"]] == [
         ("boxes", [batch, 300, 4]), ("scores", [batch, 300]), ("labels", [batch, 300]), ("num_valid", [batch]),
         ("bbox_regression", [batch, 522, 4]), ("cls_logits", [batch, 522, CLASSES])]
+    if format == "onnx":  # the NMS is ONNX's NonMaxSuppression, not the traced loop ONNX Runtime runs slowly
+        import onnx
+        ops = {node.op_type for node in onnx.load(tmp_path / "model.onnx").graph.node}
+        assert "NonMaxSuppression" in ops and "Loop" not in ops
     got = load_exported(tmp_path)(x)
     for key in ("bbox_regression", "cls_logits"):
         assert relative(got[key], raw[key]) <= 1e-4
     assert_same_detections(got, found)
+
+
+def overlapping_boxes(problems=6, t=48, seed=3):
+    """NMS problems (problems, t) with heavy overlaps: half the boxes on a 0..6 integer grid (duplicates, zero
+    areas, IoUs of exactly 1/2, 1/3, ...), half jittered copies of one box per problem (IoUs around 0.55 in
+    float32); about 20% invalid, and none valid in the last problem."""
+    rng = np.random.default_rng(seed)
+    corners = rng.integers(0, 4, (problems, t, 2))
+    grid = np.concatenate([corners, corners + rng.integers(0, 4, (problems, t, 2))], -1).astype(np.float32)
+    start, size = rng.uniform(0, 50, (problems, 1, 2)), rng.uniform(10, 20, (problems, 1, 2))
+    jittered = np.concatenate([start, start + size], -1) + rng.normal(0, 2, (problems, t, 4))
+    jittered = np.concatenate([np.minimum(jittered[..., :2], jittered[..., 2:]),
+                               np.maximum(jittered[..., :2], jittered[..., 2:])], -1).astype(np.float32)
+    boxes = np.where(rng.random((problems, t, 1)) < 0.5, grid, jittered)
+    valid = rng.random((problems, t)) < 0.8
+    valid[-1] = False
+    return boxes, valid
+
+
+@pytest.mark.export
+@pytest.mark.parametrize("iou_threshold", [0.0, 0.5, 0.55, 0.7])
+def test_onnx_nms_keeps_exactly_what_our_nms_keeps(iou_threshold):
+    """The NonMaxSuppression lowering through the ONNX export's conversion, bit for bit against `solve_greedy`,
+    at IoU thresholds that some pairs equal exactly (0, 0.5) and on duplicates (ties of every kind)."""
+    from flax_mobilenet.detection.boxes import box_iou
+    from flax_mobilenet.detection.nms import solve_greedy, suppression_matrix
+    from flax_mobilenet.export import onnx as onnx_export
+    from flax_mobilenet.export.onnx_nms import nms_keep
+    boxes, valid = overlapping_boxes()
+    t = valid.shape[1]
+    iou = np.asarray(box_iou(boxes, boxes))
+    pairs = valid[:, :, None] & valid[:, None, :] & ~np.eye(t, dtype=bool)
+    assert (pairs & (iou == 1)).any() and (pairs & (iou == 0.5)).any() and (pairs & (iou > 0.55) & (iou < 0.7)).any()
+    data, _ = onnx_export.convert(lambda x: (nms_keep(x[..., :4], x[..., 4] > 0, iou_threshold),), (None, t, 5),
+                                  [("keep", (t,))])
+    run = onnx_export.load(data, ["keep"])[0]
+    inputs = np.concatenate([boxes, valid[..., None]], -1).astype(np.float32)
+    want = np.asarray(solve_greedy(suppression_matrix(boxes, iou_threshold, valid), valid))
+    assert 0 < want.sum() < valid.sum()  # some boxes suppressed, some kept
+    np.testing.assert_array_equal(run(inputs)["keep"], want)
+    assert not run(inputs[-1:])["keep"].any()  # another batch size, nothing to select
 
 
 @pytest.mark.export
@@ -132,10 +182,10 @@ def test_detection_exports_raw_outputs_and_anchors_to_tflite(detector, tmp_path)
     export_model(name, variables, tmp_path, image_size=DET_SIZE, format="tflite", num_classes=CLASSES,
                  postprocess=False)
     np.testing.assert_array_equal(np.load(tmp_path / ANCHORS_FILE), model.anchors((DET_SIZE, DET_SIZE)))
-    got = load_exported(tmp_path)(x)
+    got = load_exported(tmp_path)(x[:1])  # TFLite: a fixed batch of 1
     assert sorted(got) == ["bbox_regression", "cls_logits"]
     for key in got:
-        assert relative(got[key], raw[key]) <= 1e-4
+        assert relative(got[key], raw[key][:1]) <= 1e-4
 
 
 def run_predict(capsys, *argv):

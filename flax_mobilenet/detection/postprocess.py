@@ -12,11 +12,12 @@ classes and T = 300.
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
+from typing import Callable, NamedTuple, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from .box_coder import decode
 from .boxes import clip_boxes_to_image, resize_boxes
@@ -34,10 +35,13 @@ class Detections(NamedTuple):
                                              "detections_per_img", "nms_method"))
 def postprocess(bbox_regression: jax.Array, cls_logits: jax.Array, anchors: jax.Array, image_size,
                 score_threshold: float = 0.001, nms_iou: float = 0.55, topk_candidates: int = 300,
-                detections_per_img: int = 300, nms_method: str = "greedy") -> Detections:
+                detections_per_img: int = 300,
+                nms_method: Union[str, Callable[[jax.Array, jax.Array, float], jax.Array]] = "greedy") -> Detections:
     """bbox_regression (N, A, 4), cls_logits (N, A, C) (class 0 = background), anchors (A, 4) or
     (N, A, 4) xyxy pixels, image_size (h, w) or (N, 2): the size boxes are clipped to (the network input).
-    Defaults are ssdlite320_mobilenet_v3_large's."""
+    Defaults are ssdlite320_mobilenet_v3_large's.  `nms_method`: a `solve_greedy` method, or a function
+    (boxes (..., T, 4), valid (..., T), iou_threshold) -> the keep mask of the same greedy NMS (the ONNX export
+    passes one that becomes ONNX's NonMaxSuppression)."""
     n, a, c = cls_logits.shape
     scores = jax.nn.softmax(cls_logits.astype(jnp.float32), axis=-1)
     anchors = jnp.broadcast_to(jnp.asarray(anchors, jnp.float32), (n, a, 4))
@@ -52,7 +56,10 @@ def postprocess(bbox_regression: jax.Array, cls_logits: jax.Array, anchors: jax.
     cand_boxes = jnp.take_along_axis(boxes[:, None], top_idx[..., None], axis=2)  # (N, C - 1, T, 4)
 
     # NMS per class (candidates are already in visiting order).
-    keep = solve_greedy(suppression_matrix(cand_boxes, nms_iou, cand_valid), cand_valid, nms_method)
+    if callable(nms_method):
+        keep = nms_method(cand_boxes, cand_valid, nms_iou)
+    else:
+        keep = solve_greedy(suppression_matrix(cand_boxes, nms_iou, cand_valid), cand_valid, nms_method)
 
     # The best `detections_per_img` kept candidates, ties by class then rank (a stable sort).
     flat_scores = jnp.where(keep, top_scores, -jnp.inf).reshape(n, -1)
@@ -64,7 +71,7 @@ def postprocess(bbox_regression: jax.Array, cls_logits: jax.Array, anchors: jax.
     valid = best_scores > -jnp.inf
     best_c = jnp.minimum(best, total - 1)
     out_boxes = jnp.take_along_axis(cand_boxes.reshape(n, -1, 4), best_c[..., None], axis=1)
-    labels = (best_c // t + 1).astype(jnp.int32)
+    labels = (lax.div(best_c, jnp.int32(t)) + 1).astype(jnp.int32)  # not `//`: its ONNX form needs a fixed batch
     return Detections(
         boxes=jnp.where(valid[..., None], out_boxes, 0.0),
         scores=jnp.where(valid, best_scores, 0.0),

@@ -76,7 +76,7 @@ class _Graph:
     checked: tuple[str, ...]
 
 
-def _graph(model: Any, folded: Any, task: str, size: int, postprocess: bool) -> _Graph:
+def _graph(model: Any, folded: Any, task: str, size: int, postprocess: bool, nms_method: Any) -> _Graph:
     spec = jax.ShapeDtypeStruct((1, size, size, 3), np.float32)
     if task != "detection":
         def logits(x: Any) -> jax.Array:  # DeepLabV3's auxiliary head ('aux') is for training: left out
@@ -96,7 +96,7 @@ def _graph(model: Any, folded: Any, task: str, size: int, postprocess: bool) -> 
     if not postprocess:
         return _Graph(lambda x: (lambda o: (o["bbox_regression"], o["cls_logits"]))(model.apply(folded, x)),
                       raw_outputs, ("bbox_regression", "cls_logits"))
-    postprocessor = model.postprocessor((size, size))
+    postprocessor = model.postprocessor((size, size), nms_method=nms_method)
 
     def forward(x: Any) -> tuple:
         outputs = model.apply(folded, x)
@@ -118,7 +118,7 @@ def export_model(name: str, variables: dict[str, Any], output: str | os.PathLike
     """Write OUTPUT/model.<format> (weights inside) and OUTPUT/export.json (the input contract); returns OUTPUT.
 
     `batch_size=None`: any batch size for StableHLO and ONNX (a symbolic batch), batch 1 for TFLite (whose
-    converter needs a fixed batch) and for a detection model's ONNX export with post-processing.  `transform` is the eval preprocessing export.json states (default: the
+    converter needs a fixed batch).  `transform` is the eval preprocessing export.json states (default: the
     reference weights' of the model; a training run passes its own, `checkpoint.eval_transform`) and
     `image_size` overrides its crop size; `class_names` go into export.json (a training run's labels).
 
@@ -144,19 +144,16 @@ def export_model(name: str, variables: dict[str, Any], output: str | os.PathLike
     if format != "stablehlo":  # XLA's grouped conv: one Conv / DEPTHWISE_CONV_2D op per depthwise conv (the
         model_options["depthwise_impl"] = "lax"  # same numbers as 'slices', which XLA:CPU runs faster)
     model, folded = folded_model(name, variables, **model_options)
-    graph = _graph(model, folded, task, size, postprocess)
+    nms_method = getattr(backend, "detection_nms", lambda: "greedy")()  # ONNX: its NonMaxSuppression op
+    graph = _graph(model, folded, task, size, postprocess, nms_method)
     names = [output_name for output_name, _, _ in graph.outputs]
     batch = backend.DEFAULT_BATCH if batch_size is None else batch_size
-    convert_options = {}
-    if format == "onnx" and task == "detection" and postprocess:  # its NMS traces at a fixed batch only
-        batch, convert_options = batch or 1, {"symbolic_trace": False}
     images = check_images(transform, batch or CHECK_BATCH)
     with jax.default_matmul_precision("highest"):  # GPUs would otherwise round the reference to TF32
         reference = dict(zip(names, jax.device_get(jax.jit(graph.forward)(images))))
     try:
         data, converter = backend.convert(graph.forward, (batch, size, size, 3),
-                                          [(output_name, shape) for output_name, shape, _ in graph.outputs],
-                                          **convert_options)
+                                          [(output_name, shape) for output_name, shape, _ in graph.outputs])
     except MissingConverterError:
         raise
     except Exception as error:  # noqa: BLE001 - each converter raises its own types; name the model and line

@@ -21,7 +21,9 @@ and runs at 1.00-1.07x its time: benchmarks/cpu_inference.py):
 While tracing, ShuffleNet's max-pool stem is reformulated: jax2onnx lowers a raw NHWC `lax.reduce_window`
 max to a MaxPool with four spatial axes, which ONNX Runtime rejects ("Unsupported pooling size"); it is
 traced as a -inf pad and `flax.linen.max_pool(..., 'VALID')`, which jax2onnx maps to a 2-D MaxPool (the same
-windows, the same maxima).
+windows, the same maxima).  The detection post-processing's per-class NMS is ONNX's `NonMaxSuppression`
+(`detection_nms`, the `onnx_nms` primitive: the same keep mask bit for bit): the `fori_loop` of our own NMS
+would become a `Loop`, which ONNX Runtime ran at ~20x the time of the whole SSDLite320 model.
 
 The batch dimension is symbolic ("batch") unless a batch size is given (then it is fixed after the rewrites).
 """
@@ -259,15 +261,18 @@ def _basic_optimizations(onnx: Any, model: Any) -> Any:
     return optimized
 
 
+def detection_nms() -> Callable[[Any, Any, float], Any]:
+    """The detection post-processing's NMS in the ONNX graph: ONNX's NonMaxSuppression (`onnx_nms`)."""
+    from .onnx_nms import nms_keep
+    return nms_keep
+
+
 def convert(forward: Callable[[Any], tuple], shape: Sequence[Optional[int]],
-            outputs: Sequence[tuple[str, Sequence[int]]], symbolic_trace: bool = True) -> tuple[bytes, str]:
-    """`symbolic_trace=False` traces at the fixed batch of `shape` (the detection post-processing's NMS does
-    not trace with a symbolic batch); it skips the squeeze-excite rewrite, so the graph runs a little slower."""
+            outputs: Sequence[tuple[str, Sequence[int]]]) -> tuple[bytes, str]:
     import flax.linen as nn
     jax2onnx = require("jax2onnx", "ONNX export")
     onnx = require("onnx", "ONNX export")
     batch = "batch" if shape[0] is None else shape[0]
-    traced_batch = "batch" if symbolic_trace else batch
     names = [name for name, _ in outputs]
 
     def traced(x: Any) -> Any:
@@ -282,9 +287,9 @@ def convert(forward: Callable[[Any], tuple], shape: Sequence[Optional[int]],
     with _quiet_plugin_imports():
         # Always traced with a symbolic batch: with a fixed one jax2onnx keeps the squeeze-excite gates as
         # 2-D Gemm chains between NHWC reshapes, which no longer match the rewrites below.
-        proto = jax2onnx.to_onnx(traced, inputs=[(traced_batch, *shape[1:])], model_name="flax_mobilenet",
+        proto = jax2onnx.to_onnx(traced, inputs=[("batch", *shape[1:])], model_name="flax_mobilenet",
                                  opset=OPSET, input_names=[INPUT_NAME], output_names=names)
-    set_shapes(traced_batch)
+    set_shapes("batch")
     _einsum_to_conv(onnx, proto)
     _gates_and_pool(onnx, proto)
     _activations(onnx, proto)
