@@ -46,11 +46,19 @@ def pytest_ignore_collect(collection_path, config):
     return None
 
 
+# Test files that take many minutes run first (the test command passes `--no-loadscope-reorder`, so xdist hands
+# out whole files in this order): started last, one of them would leave the other worker idle for its length.
+LONG_FILES_FIRST = ("test_train.py", "test_quickstart_detection.py", "test_quickstart_segmentation.py",
+                    "test_dense_training.py", "test_layers.py")
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         path = Path(item.path)
         if path.suffix == ".py" and imports_torch_at_top_level(path):
             item.add_marker(pytest.mark.torch)
+    rank = {name: position for position, name in enumerate(LONG_FILES_FIRST)}
+    items.sort(key=lambda item: rank.get(Path(item.path).name, len(rank)))  # stable: the rest keep their order
 
 
 # Parity errors measured by the tests, printed at the end of the run.
