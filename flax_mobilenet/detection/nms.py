@@ -74,6 +74,11 @@ def solve_greedy(suppress: jax.Array, valid: jax.Array, method: str = "greedy") 
     return keep
 
 
+def greedy_keep(boxes: jax.Array, valid: jax.Array, iou_threshold: float, method: str = "greedy") -> jax.Array:
+    """The keep mask (..., K) of greedy NMS over boxes (..., K, 4) xyxy already in visiting order, valid (..., K)."""
+    return solve_greedy(suppression_matrix(boxes, iou_threshold, valid), valid, method)
+
+
 class NMSResult(NamedTuple):
     indices: jax.Array  # (..., max_output) int32: kept indices into K, decreasing score; 0 where not valid
     valid: jax.Array  # (..., max_output) bool

@@ -21,7 +21,7 @@ from jax import lax
 
 from .box_coder import decode
 from .boxes import clip_boxes_to_image, resize_boxes
-from .nms import solve_greedy, suppression_matrix
+from .nms import greedy_keep
 
 
 class Detections(NamedTuple):
@@ -39,7 +39,7 @@ def postprocess(bbox_regression: jax.Array, cls_logits: jax.Array, anchors: jax.
                 nms_method: Union[str, Callable[[jax.Array, jax.Array, float], jax.Array]] = "greedy") -> Detections:
     """bbox_regression (N, A, 4), cls_logits (N, A, C) (class 0 = background), anchors (A, 4) or
     (N, A, 4) xyxy pixels, image_size (h, w) or (N, 2): the size boxes are clipped to (the network input).
-    Defaults are ssdlite320_mobilenet_v3_large's.  `nms_method`: a `solve_greedy` method, or a function
+    Defaults are ssdlite320_mobilenet_v3_large's.  `nms_method`: a `greedy_keep` method, or a function
     (boxes (..., T, 4), valid (..., T), iou_threshold) -> the keep mask of the same greedy NMS (the ONNX export
     passes one that becomes ONNX's NonMaxSuppression)."""
     n, a, c = cls_logits.shape
@@ -59,7 +59,7 @@ def postprocess(bbox_regression: jax.Array, cls_logits: jax.Array, anchors: jax.
     if callable(nms_method):
         keep = nms_method(cand_boxes, cand_valid, nms_iou)
     else:
-        keep = solve_greedy(suppression_matrix(cand_boxes, nms_iou, cand_valid), cand_valid, nms_method)
+        keep = greedy_keep(cand_boxes, cand_valid, nms_iou, nms_method)
 
     # The best `detections_per_img` kept candidates, ties by class then rank (a stable sort).
     flat_scores = jnp.where(keep, top_scores, -jnp.inf).reshape(n, -1)

@@ -2,7 +2,7 @@
 
 jax2onnx turns `solve_greedy`'s `fori_loop` into an ONNX `Loop`, which ONNX Runtime interprets step by step
 (SSDLite320: ~20x the model's own time).  The ONNX export passes `nms_keep` as `postprocess`'s `nms_method`: one
-primitive, `nms_keep_p`, that XLA computes as `solve_greedy(suppression_matrix(boxes, iou, valid), valid)` and
+primitive, `nms_keep_p`, that XLA computes as `detection.nms.greedy_keep` and
 that lowers to NonMaxSuppression (ONNX Runtime's kernel) and a scatter of its selection into the keep mask.
 
 Exactness, for ONNX Runtime's CPU kernel (`SuppressByIOU`): it visits the boxes by decreasing score and
@@ -25,11 +25,11 @@ from jax.interpreters import mlir
 from jax2onnx.plugins.plugin_system import PrimitiveLeafPlugin, register_primitive
 
 from ..detection.boxes import float32_above
-from ..detection.nms import solve_greedy, suppression_matrix
+from ..detection.nms import greedy_keep
 
 
 def _greedy_keep(boxes: jax.Array, valid: jax.Array, *, iou_threshold: float) -> jax.Array:
-    return solve_greedy(suppression_matrix(boxes, iou_threshold, valid), valid)
+    return greedy_keep(boxes, valid, iou_threshold)
 
 
 nms_keep_p = Primitive("flax_mobilenet_nms_keep")
@@ -40,8 +40,7 @@ mlir.register_lowering(nms_keep_p, mlir.lower_fun(_greedy_keep, multiple_results
 
 def nms_keep(boxes: jax.Array, valid: jax.Array, iou_threshold: float) -> jax.Array:
     """The keep mask (..., T) of greedy NMS over boxes (..., T, 4) xyxy visited in index order, valid (..., T)
-    bool: `solve_greedy(suppression_matrix(boxes, iou_threshold, valid), valid)` in XLA, NonMaxSuppression in
-    the ONNX graph."""
+    bool: `greedy_keep` in XLA, NonMaxSuppression in the ONNX graph."""
     if not iou_threshold >= 0:
         raise ValueError(f"NonMaxSuppression matches our NMS for IoU thresholds >= 0, got {iou_threshold}")
     return nms_keep_p.bind(boxes, valid.astype(bool), iou_threshold=float(iou_threshold))
