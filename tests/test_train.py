@@ -275,6 +275,8 @@ def test_divergence_stops_with_a_clear_message_and_keeps_the_good_checkpoint(tmp
     (["--config.batch_size=many"], "flag --config.batch_size=many: invalid literal"),
     (["--config.model=mobilenet_v2"], "config.model is a group of keys, not a value: set one of them, e.g. "
                                       "--config.model.name=..."),
+    (["--config.frozen_layers=14"], "config.frozen_layers=14 must be an integer from 0 to the model's 13 layers "
+     "(features_0..features_12)"),
     (["--config.init_from=no/such/weights"], "init_from=no/such/weights: no checkpoint at no/such/weights: expected "
      "a folder written by convert_weights.py or train.py"),
     (["--config.init_from=no/such/weights"], "make it with `python convert_weights.py --model NAME --input FILE.pth "

@@ -131,6 +131,50 @@ def test_train_step_learns_and_eval_counts_only_real_examples():
     assert 0.0 <= float(sums["top1"]) <= float(sums["top5"]) <= 5.0
 
 
+def test_frozen_layers_keep_their_weights_and_skip_their_backward_pass():
+    """frozen_layers=N: features_0..N-1 unchanged (weight decay included) while their BatchNorm statistics
+    move; the trained layers get the full model's gradients; the step computes less (no backward there)."""
+    config = base_config()
+    config.optimizer.name, config.learning_rate, config.base_batch_size = "sgd", 0.1, 0  # update: -lr (g + wd p)
+    config.weight_decay = 0.1
+    model = create_model("mobilenet_v1", num_classes=4, width_mult=0.25)
+    schedule = optim.learning_rate_schedule(config, 10)
+    rng = np.random.default_rng(3)
+    batch = {"image": jnp.asarray(rng.normal(size=(4, 32, 32, 3)), jnp.float32),
+             "label": jnp.asarray([0, 1, 2, 3], jnp.int32)}
+    task = tasks.Classification()
+    shapes = jax.eval_shape(model.init, jax.random.key(0), batch["image"])["params"]
+
+    def one_step(frozen_layers):
+        config.frozen_layers = frozen_layers
+        tx = optim.create_optimizer(config, schedule, shapes)
+        frozen = optim.frozen_modules(shapes, frozen_layers)
+        state = steps.create_train_state(model, tx, jax.random.key(0), 32, use_ema=False)
+        step = jax.jit(lambda s, b: steps.train_step(s, b, model=model, task=task, tx=tx, schedule=schedule,
+                                                     ema_decay=0.0, frozen=frozen))
+        compiled = step.lower(state, batch).compile()
+        return state, compiled(state, batch), compiled.cost_analysis()["flops"]
+
+    start, (full, full_metrics), full_flops = one_step(0)
+    _, (part, part_metrics), part_flops = one_step(3)
+
+    def changed(a, b):
+        return not all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+    for i in range(3):
+        name = f"features_{i}"
+        assert not changed(part.params[name], start.params[name]), name
+        assert changed(part.batch_stats[name], start.batch_stats[name]), name
+    for name in ("features_3", "features_13", "classifier"):
+        assert changed(part.params[name], start.params[name]), name
+        for a, b in zip(jax.tree.leaves(part.params[name]), jax.tree.leaves(full.params[name])):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    assert float(part_metrics["loss"]) == pytest.approx(float(full_metrics["loss"]), rel=1e-6)
+    assert part_flops < 0.95 * full_flops, (part_flops, full_flops)  # measured: 0.88
+    with pytest.raises(ValueError, match="frozen_layers=15 must be an integer from 0 to the model.s 14 layers"):
+        optim.frozen_modules(shapes, 15)
+
+
 def test_merge_pretrained_replaces_only_the_head():
     fresh = {"params": {"features_0": {"w": np.zeros((3, 3))}, "classifier": {"kernel": np.zeros((4, 10))}}}
     loaded = {"params": {"features_0": {"w": np.ones((3, 3))}, "classifier": {"kernel": np.ones((4, 1000))}}}

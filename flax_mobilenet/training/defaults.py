@@ -60,6 +60,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.label_smoothing = 0.0
     config.ema_decay = 0.0  # 0: no EMA of the weights; else also evaluates the EMA weights
     config.grad_clip_norm = 0.0  # 0: no clipping
+    config.frozen_layers = 0  # fine-tuning: the first N backbone layers (features_0..N-1) are not trained
 
     config.seed = 0
     config.half_precision = False  # bfloat16 compute; params and optimizer state stay float32

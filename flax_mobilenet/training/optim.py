@@ -51,8 +51,30 @@ def decay_mask(params: Any, skip_bn_and_bias: bool) -> Any:
     return jax.tree.map(lambda p: not skip_bn_and_bias or p.ndim > 1, params)
 
 
+def frozen_modules(params: Any, frozen_layers: int) -> frozenset[str]:
+    """The top-level modules `frozen_layers` keeps as they are: the first N backbone layers, features_0..N-1
+    (torchvision's `trainable_backbone_layers` idea, counted in layers from the input)."""
+    layers = sum(1 for name in params if name.startswith("features_"))
+    if not isinstance(frozen_layers, int) or not 0 <= frozen_layers <= layers:
+        raise ValueError(f"frozen_layers={frozen_layers!r} must be an integer from 0 to the model's {layers} layers "
+                         f"(features_0..features_{layers - 1})")
+    return frozenset(f"features_{i}" for i in range(frozen_layers))
+
+
 def create_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule,
                      params: Any) -> optax.GradientTransformation:
+    """The recipe's optimizer; the modules `frozen_modules` names get no update (nor weight decay)."""
+    frozen = frozen_modules(params, config.get("frozen_layers", 0))
+    tx = _recipe_optimizer(config, schedule, params)
+    if not frozen:
+        return tx
+    labels = {name: jax.tree.map(lambda _: "frozen" if name in frozen else "trained", tree)
+              for name, tree in params.items()}
+    return optax.multi_transform({"trained": tx, "frozen": optax.set_to_zero()}, labels)
+
+
+def _recipe_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule,
+                      params: Any) -> optax.GradientTransformation:
     opt = config.optimizer
     mask = decay_mask(params, config.get("weight_decay_skip_bn_bias", False))
     clip = [optax.clip_by_global_norm(config.grad_clip_norm)] if config.get("grad_clip_norm") else []

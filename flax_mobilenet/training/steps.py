@@ -38,19 +38,26 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: 
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module, task: Task,
-               tx: optax.GradientTransformation, schedule: optax.Schedule, ema_decay: float
-               ) -> tuple[TrainState, Metrics]:
+               tx: optax.GradientTransformation, schedule: optax.Schedule, ema_decay: float,
+               frozen: frozenset[str] = frozenset()) -> tuple[TrainState, Metrics]:
     """One optimizer step on a (globally sharded) batch, the task's loss. BatchNorm statistics are those of the
-    global batch."""
+    global batch. The `frozen` top-level modules are constants of the loss: no backward pass runs through the
+    layers before the first trained one (their gradients are zeros, which `tx` must ignore; their BatchNorm
+    statistics still update, as torch's `requires_grad_(False)` leaves them)."""
     dropout_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    trained = {name: tree for name, tree in state.params.items() if name not in frozen}
+    constants = {name: tree for name, tree in state.params.items() if name in frozen}
 
     def loss_fn(params):
-        outputs, updates = model.apply({"params": params, "batch_stats": state.batch_stats}, batch["image"],
-                                       train=True, rngs={"dropout": dropout_rng}, mutable=["batch_stats"])
+        outputs, updates = model.apply({"params": {**constants, **params}, "batch_stats": state.batch_stats},
+                                       batch["image"], train=True, rngs={"dropout": dropout_rng},
+                                       mutable=["batch_stats"])
         loss, task_metrics = task.loss(outputs, batch)
         return loss, (task_metrics, updates["batch_stats"])
 
-    (loss, (task_metrics, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (loss, (task_metrics, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trained)
+    grads = {name: grads[name] if name in grads else jax.tree.map(jnp.zeros_like, tree)
+             for name, tree in state.params.items()}  # the params' own order: tx's state follows it
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     ema_params, ema_batch_stats = state.ema_params, state.ema_batch_stats

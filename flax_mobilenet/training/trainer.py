@@ -159,13 +159,19 @@ class Trainer:
 
         param_shapes = jax.eval_shape(self.model.init, jax.random.key(0),
                                       jnp.zeros((1, config.image_size, config.image_size, 3)))["params"]
+        try:
+            frozen = optim.frozen_modules(param_shapes, config.get("frozen_layers", 0))
+        except ValueError as error:
+            raise ConfigError(f"config.{error}") from error
+        if frozen:
+            self.log(f"frozen_layers={len(frozen)}: features_0..features_{len(frozen) - 1} keep their weights")
         self.tx = optim.create_optimizer(config, self.schedule, param_shapes)
         self._init = jax.jit(functools.partial(steps.create_train_state, self.model, self.tx,
                                                image_size=config.image_size, use_ema=self.use_ema),
                              out_shardings=self.replicated)
         self._train_step = jax.jit(
             functools.partial(steps.train_step, model=self.model, task=self.task, tx=self.tx, schedule=self.schedule,
-                              ema_decay=config.get("ema_decay", 0.0)),
+                              ema_decay=config.get("ema_decay", 0.0), frozen=frozen),
             in_shardings=(self.replicated, self.data_sharding), out_shardings=(self.replicated, self.replicated),
             donate_argnums=0)
         self._eval_step = jax.jit(functools.partial(steps.eval_step, model=self.model, task=self.task),
