@@ -1,6 +1,7 @@
 """Serving the segmentation and detection models: exports (per-pixel logits; detections with the post-processing
 inside for StableHLO and ONNX, raw head outputs with anchors for TFLite), compile_inference and predict.py, each
 equal to the model in JAX."""
+import collections
 import json
 
 import jax
@@ -64,6 +65,12 @@ def test_segmentation_exports_per_pixel_logits(segmentation, format, tmp_path):
     run = load_exported(tmp_path)
     got = np.concatenate([run(x[i:i + 1]) for i in range(2)]) if format == "tflite" else run(x)
     assert got.shape == (2, SEG_SIZE, SEG_SIZE, CLASSES) and relative(got, expected) <= 1e-4
+    if format == "onnx":  # the two bilinear upsamplings as ONNX Resize, not their XLA form's gathers
+        import onnx
+        graph = onnx.load(tmp_path / "model.onnx").graph
+        shapes = {name for node in graph.node if node.op_type == "Shape" for name in node.output}
+        assert collections.Counter(node.op_type for node in graph.node)["Resize"] == 2
+        assert all(node.input[0] in shapes for node in graph.node if node.op_type == "Gather")  # only of shapes
 
 
 def test_deeplabv3_exports_its_main_head_only(tmp_path):

@@ -35,6 +35,22 @@ def test_depthwise_forms_agree_in_value_and_gradient(kernel, stride, dilation, s
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
+def test_bilinear_resize_primitive_jits_vmaps_and_differentiates():
+    """heads.resize_bilinear is one primitive (the ONNX export lowers it to Resize): under jit, vmap, jvp and
+    grad it is the upsampling jax.image.resize computes (which agrees with torch's when upsampling)."""
+    from flax_mobilenet.heads import resize_bilinear
+
+    x = jax.random.normal(jax.random.key(0), (2, 5, 7, 3))
+    ours = lambda x: resize_bilinear(x, (11, 13))  # noqa: E731
+    reference = lambda x: jax.image.resize(x, (x.shape[0], 11, 13, 3), "bilinear")  # noqa: E731
+    np.testing.assert_allclose(jax.jit(ours)(x), reference(x), atol=1e-5)
+    np.testing.assert_allclose(jax.vmap(ours)(x[:, None])[:, 0], ours(x), atol=1e-6)
+    np.testing.assert_allclose(jax.jvp(ours, (x,), (2 * x,))[1], 2 * ours(x), atol=1e-5)
+    loss = lambda f: lambda x: jnp.sum(jnp.sin(f(x)) * jnp.arange(13.0)[:, None])  # noqa: E731
+    np.testing.assert_allclose(jax.grad(loss(ours))(x), jax.grad(loss(reference))(x), atol=1e-4)
+    assert resize_bilinear(x, (5, 7)) is x  # the same size: no op at all
+
+
 def test_depthwise_impl_choice_is_validated():
     with pytest.raises(ValueError, match="depthwise_impl must be one of"):
         jax.eval_shape(fm.create_model("mobilenet_v3_small", depthwise_impl="cudnn").init, jax.random.key(0),

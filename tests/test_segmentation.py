@@ -160,12 +160,20 @@ def test_compile_inference_equals_apply(converted, images, applied):
 @pytest.mark.parametrize("in_size,out_size", [((7, 5), (13, 10)), ((13, 10), (97, 75)), ((1, 1), (7, 5)),
                                               ((9, 12), (4, 5)), ((6, 6), (6, 11))])
 def test_resize_bilinear_is_torch_interpolate(in_size, out_size):
-    x = np.random.default_rng(3).standard_normal((2, *in_size, 4), dtype=np.float32)
-    expected = torch.nn.functional.interpolate(torch.from_numpy(x.transpose(0, 3, 1, 2).copy()), size=out_size,
-                                               mode="bilinear", align_corners=False).numpy().transpose(0, 2, 3, 1)
-    ours = np.asarray(resize_bilinear(x, out_size))
+    """Values and gradients (the resize primitive's transpose rule against torch's backward)."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, *in_size, 4), dtype=np.float32)
+    cotangent = rng.standard_normal((2, *out_size, 4), dtype=np.float32)
+    x_torch = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).requires_grad_(True)
+    resized = torch.nn.functional.interpolate(x_torch, size=out_size, mode="bilinear", align_corners=False)
+    resized.backward(torch.from_numpy(cotangent.transpose(0, 3, 1, 2).copy()))
+    expected = resized.detach().numpy().transpose(0, 2, 3, 1)
+    ours, vjp = jax.vjp(lambda x: resize_bilinear(x, out_size), x)
     # a few float32 ulps: PyTorch's vectorized kernel rounds its multiply-adds differently (FMA)
     assert ours.shape == expected.shape and np.abs(ours - expected).max() <= 2e-6 * np.abs(expected).max()
+    expected_grad = x_torch.grad.numpy().transpose(0, 2, 3, 1)
+    (grad,) = vjp(cotangent)
+    assert np.abs(grad - expected_grad).max() <= 2e-6 * np.abs(expected_grad).max()
     if all(o >= i for o, i in zip(out_size, in_size)):  # jax.image.resize agrees when upsampling only
         upsampled = jax.image.resize(x, (2, *out_size, 4), "bilinear")
         assert np.abs(np.asarray(upsampled) - expected).max() <= 1e-5

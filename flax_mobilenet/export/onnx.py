@@ -23,7 +23,9 @@ max to a MaxPool with four spatial axes, which ONNX Runtime rejects ("Unsupporte
 traced as a -inf pad and `flax.linen.max_pool(..., 'VALID')`, which jax2onnx maps to a 2-D MaxPool (the same
 windows, the same maxima).  The detection post-processing's per-class NMS is ONNX's `NonMaxSuppression`
 (`detection_nms`, the `onnx_nms` primitive: the same keep mask bit for bit): the `fori_loop` of our own NMS
-would become a `Loop`, which ONNX Runtime ran at ~20x the time of the whole SSDLite320 model.
+would become a `Loop`, which ONNX Runtime ran at ~20x the time of the whole SSDLite320 model.  The dense
+heads' bilinear upsampling (`heads.resize_bilinear`'s primitive) is one ONNX `Resize` (`onnx_resize`) instead of
+its XLA form's gathers.
 
 The batch dimension is symbolic ("batch") unless a batch size is given (then it is fixed after the rewrites).
 """
@@ -285,6 +287,7 @@ def convert(forward: Callable[[Any], tuple], shape: Sequence[Optional[int]],
             _set_shape(value_info, (batch_dim, *output_shape))
 
     with _quiet_plugin_imports():
+        from . import onnx_resize  # noqa: F401 (registers the bilinear resize's lowering to ONNX Resize)
         # Always traced with a symbolic batch: with a fixed one jax2onnx keeps the squeeze-excite gates as
         # 2-D Gemm chains between NHWC reshapes, which no longer match the rewrites below.
         proto = jax2onnx.to_onnx(traced, inputs=[("batch", *shape[1:])], model_name="flax_mobilenet",
