@@ -7,7 +7,7 @@ PyTorch's order (width, then height).  Indices and weights are computed in float
 
 The resize is one primitive, `resize_bilinear_p`: XLA computes it as the two gathers and lerps above (lowered
 through `mlir.lower_fun`; linear, so its JVP is itself and its transpose that of the lerps), and the ONNX export
-lowers it to one ONNX `Resize` (linear, pytorch_half_pixel: torch's own export), which ONNX Runtime runs 3x
+lowers it to one ONNX `Resize` (linear, half_pixel: `export/onnx_resize.py`), which ONNX Runtime runs 3x
 faster than the gathers on LR-ASPP's 65x65 -> 520x520 logits.
 """
 from __future__ import annotations
