@@ -1,5 +1,5 @@
 """The mobile vision family (MobileNet V1-V4, ShuffleNetV2, MobileViT) in JAX/Flax, exact to torchvision and timm."""
-from .backbones import ClassifierSpec, FeatureInfo, Layer, MobileNet, ModelSpec
+from .backbones import ClassifierSpec, FeatureInfo, Layer, MobileNet, ModelSpec, NeckNode, VisionModel
 from .backbones import zoo as _zoo  # noqa: F401  (registers every family)
 from .checkpoint import load_variables, open_checkpoint, save_variables
 from .convert import ConversionError, convert_state_dict
@@ -9,8 +9,8 @@ from .registry import create_model, feature_info, list_models, model_spec, weigh
 from .weights import WeightsInfo
 
 __all__ = [
-    "ClassifierSpec", "ConversionError", "FeatureInfo", "Layer", "LayerSettings", "MobileNet", "ModelSpec",
-    "WeightsInfo", "compile_inference", "convert_state_dict", "create_model", "feature_info", "fold_batchnorm",
+    "ClassifierSpec", "ConversionError", "FeatureInfo", "Layer", "LayerSettings", "MobileNet", "ModelSpec", "NeckNode",
+    "VisionModel", "WeightsInfo", "compile_inference", "convert_state_dict", "create_model", "feature_info", "fold_batchnorm",
     "list_models", "load_variables", "make_divisible", "model_spec", "open_checkpoint", "save_variables", "weights_info",
 ]
 __version__ = "0.2.0"

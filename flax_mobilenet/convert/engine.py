@@ -9,6 +9,8 @@ from __future__ import annotations
 import functools
 from typing import Any, Mapping, Optional
 
+import numpy as np
+
 from ..backbones.spec import ModelSpec
 from ..heads import DenseHeads
 from ..layers import torch_keys as tk
@@ -22,6 +24,9 @@ def tensor_mappings(spec: ModelSpec, num_classes: Optional[int]) -> list[TensorM
     out: list[TensorMapping] = []
     for index, layer in enumerate(spec.layers):
         out += layer.block.torch_tensors(layer.torch_prefix, (f"features_{index}",))
+    for index, node in enumerate(spec.neck):
+        if node.block is not None:
+            out += node.block.torch_tensors(node.torch_prefix, (f"neck_{index}",))
     if isinstance(spec.head, DenseHeads):  # each dense head gives its own tensors, as block kinds do
         return out + (list(spec.head.torch_tensors(num_classes)) if num_classes else [])
     head, width = spec.head, spec.layers[-1].block.out_features
@@ -52,15 +57,19 @@ def detect_layout(state_dict: Mapping[str, Any]) -> str:
 
 def _classes_in(state_dict: Mapping[str, Any], spec: ModelSpec) -> int:
     """The class count of the checkpoint's first class-sized weight (a classifier's or a dense head's): the first
-    weight whose leading dimension grows with num_classes, k per class (SSD: k = anchors per location)."""
+    weight whose leading dimension grows with num_classes, as a * num_classes + b (SSD: a = anchors per location,
+    b = 0; YOLOv5: a = 3 anchors, b = 15 for box and objectness)."""
     one = {m.torch_key: m.torch_shape for m in tensor_mappings(spec, 1)}
     for mapping in tensor_mappings(spec, 2):
-        per_class = one.get(mapping.torch_key, (0,))[0]
-        if len(mapping.torch_shape) > 1 and mapping.torch_shape[0] == 2 * per_class > 0:
+        if mapping.torch_key not in one or len(mapping.torch_shape) < 2:
+            continue
+        per_class = mapping.torch_shape[0] - one[mapping.torch_key][0]
+        if per_class > 0:
+            offset = one[mapping.torch_key][0] - per_class
             weight = state_dict.get(mapping.torch_key)
-            if weight is None or len(weight.shape) != len(mapping.torch_shape) or weight.shape[0] % per_class:
+            if weight is None or len(weight.shape) != len(mapping.torch_shape) or (weight.shape[0] - offset) % per_class:
                 return 0
-            return int(weight.shape[0]) // per_class
+            return (int(weight.shape[0]) - offset) // per_class
     return 0
 
 
@@ -115,6 +124,11 @@ def convert_state_dict(name: str, state_dict: Mapping[str, Any], **overrides: An
         array = to_numpy(state_dict[m.torch_key], m.torch_key)
         if tuple(array.shape) != m.torch_shape:
             mis_shaped.append(f"{m.torch_key}: checkpoint has {tuple(array.shape)}, {name} expects {m.torch_shape}")
+            continue
+        if m.fixed is not None:
+            if not np.array_equal(array, m.fixed):
+                raise ConversionError(f"{m.torch_key} is a fixed tensor of {name} ({np.array2string(m.fixed.ravel())}"
+                                      f"), the checkpoint holds {np.array2string(array.ravel(), precision=4)}")
             continue
         node = variables[m.collection]
         for part in m.flax_path[:-1]:

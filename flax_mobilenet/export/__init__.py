@@ -24,6 +24,7 @@ from typing import Any, Callable, Optional
 import jax
 import numpy as np
 
+from ..heads.ssdlite import ANCHORS_FILE  # noqa: F401  (public here since the first detection export)
 from ..inference import folded_model
 from ..registry import model_spec, weights_info
 from ..weights import WeightsInfo
@@ -34,7 +35,6 @@ FORMATS = ("stablehlo", "onnx", "tflite")
 ARTIFACT_FILES = {"stablehlo": "model.stablehlo", "onnx": "model.onnx", "tflite": "model.tflite"}
 ARTIFACT_FILE = ARTIFACT_FILES["stablehlo"]
 METADATA_FILE = "export.json"
-ANCHORS_FILE = "anchors.npy"  # a detection model's anchors, beside an export of its raw outputs
 CHECK_SEED = 0
 CHECK_BATCH = 2  # the checked batch when the export takes any batch size
 
@@ -88,20 +88,23 @@ def _graph(model: Any, folded: Any, task: str, size: int, postprocess: bool, nms
                    else "logits (batch, height, width, num_classes) at the input size, float32; argmax over the "
                         "last axis gives the class of each pixel")
         return _Graph(lambda x: (logits(x),), (("logits", shape, meaning),), ("logits",))
+    head = model.detection_head
+    raw_names = [name for name, _ in head.raw_outputs(model.num_classes)]
     raw = jax.eval_shape(lambda x: model.apply(folded, x), spec)
-    raw_outputs = (
-        ("bbox_regression", raw["bbox_regression"].shape[1:],
-         "(batch, anchors, 4) box codes against the anchors (anchors.npy or model.anchors), weights (10, 10, 5, 5)"),
-        ("cls_logits", raw["cls_logits"].shape[1:], "(batch, anchors, num_classes) class logits, 0 = background"))
+    raw_outputs = tuple((name, raw[name].shape[1:], meaning) for name, meaning in head.raw_outputs(model.num_classes))
+
+    def raw_only(x: Any) -> tuple:
+        outputs = model.apply(folded, x)
+        return tuple(outputs[name] for name in raw_names)
+
     if not postprocess:
-        return _Graph(lambda x: (lambda o: (o["bbox_regression"], o["cls_logits"]))(model.apply(folded, x)),
-                      raw_outputs, ("bbox_regression", "cls_logits"))
+        return _Graph(raw_only, raw_outputs, tuple(raw_names))
     postprocessor = model.postprocessor((size, size), nms_method=nms_method)
 
     def forward(x: Any) -> tuple:
         outputs = model.apply(folded, x)
         found = postprocessor(outputs)
-        return (*found, outputs["bbox_regression"], outputs["cls_logits"])
+        return (*found, *(outputs[name] for name in raw_names))
 
     detections = jax.eval_shape(lambda x: postprocessor(model.apply(folded, x)), spec)
     return _Graph(forward, (
@@ -109,7 +112,7 @@ def _graph(model: Any, folded: Any, task: str, size: int, postprocess: bool, nms
         ("scores", detections.scores.shape[1:], "(batch, detections) float32, decreasing"),
         ("labels", detections.labels.shape[1:], "(batch, detections) int32 class ids (0 in padding rows)"),
         ("num_valid", (), "(batch,) int32: rows of boxes/scores/labels that are detections, the rest is padding"),
-        *raw_outputs), ("bbox_regression", "cls_logits"))
+        *raw_outputs), tuple(raw_names))
 
 
 def export_model(name: str, variables: dict[str, Any], output: str | os.PathLike, batch_size: Optional[int] = None,
@@ -189,11 +192,12 @@ def export_model(name: str, variables: dict[str, Any], output: str | os.PathLike
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     _write_atomically(output / backend.ARTIFACT, data)
-    if task == "detection" and not postprocess:
-        anchors = io.BytesIO()
-        np.save(anchors, np.asarray(model.anchors((size, size)), np.float32))
-        _write_atomically(output / ANCHORS_FILE, anchors.getvalue())
-        metadata["anchors"] = f"{ANCHORS_FILE}: (anchors, 4) float32 xyxy input pixels, in the order of the outputs"
+    if task == "detection" and not postprocess:  # what decoding the raw outputs needs (SSD: its anchors)
+        for file_name, (array, meaning) in model.detection_head.side_files((size, size)).items():
+            buffer = io.BytesIO()
+            np.save(buffer, array)
+            _write_atomically(output / file_name, buffer.getvalue())
+            metadata.setdefault("side_files", {})[file_name] = meaning
     _write_atomically(output / METADATA_FILE, (json.dumps(metadata, indent=2) + "\n").encode())
     return output
 

@@ -8,9 +8,10 @@ PyTorch key mapping.  The builder, the converter and BatchNorm folding know a he
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterator, Mapping, Protocol
+from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 
 import flax.linen as nn
+import numpy as np
 
 from ..layers.conv import LayerSettings
 from ..layers.torch_keys import FlaxPath, TensorMapping
@@ -36,6 +37,28 @@ class Head(Protocol):
 
     def torch_tensors(self, num_classes: int, flax_path: FlaxPath) -> Iterator[TensorMapping]:
         """Every tensor of the head in the reference's state dict (under `torch_prefix`)."""
+
+
+class DetectionHead(Head, Protocol):
+    """What a detection head kind adds: everything specific to it, so that predict, export and the trainer need
+    no per-kind code.  Its module returns a dict of named raw outputs (N, anchors, ...)."""
+
+    def raw_outputs(self, num_classes: int) -> tuple[tuple[str, str], ...]:
+        """(name, meaning) of the outputs an export ships and checks numerically, in order (SSD:
+        'bbox_regression', 'cls_logits'; YOLO: 'predictions').  Other keys `apply` returns are for training."""
+
+    def postprocessor(self, image_size: Sequence[int], **options: Any) -> Callable[[Mapping[str, Any]], Any]:
+        """`outputs -> detection.Detections` for inputs of (height, width), boxes in input pixels; jit-able;
+        `options` override the head's thresholds and give `nms_method` (the ONNX export's NonMaxSuppression)."""
+
+    def side_files(self, image_size: Sequence[int]) -> dict[str, tuple[np.ndarray, str]]:
+        """What an export of the raw outputs needs beside them to be decoded: file name -> (array, meaning)
+        (SSD: anchors.npy)."""
+
+    def loss_fn(self, image_size: Sequence[int], **options: Any) -> Callable[[Mapping[str, Any], Mapping[str, Any]],
+                                                                            tuple[Any, dict[str, Any]]]:
+        """`(outputs, batch) -> (loss, metrics)` for training at (height, width); jit-able.  The batch holds
+        `boxes` (N, M, 4) xyxy input pixels, `labels` (N, M) and `box_mask` (N, M)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,5 +118,5 @@ from .fcn import FcnSpec  # noqa: E402
 from .lraspp import LrasppSpec  # noqa: E402
 from .ssdlite import SsdliteSpec  # noqa: E402
 
-__all__ = ["DeepLabV3Spec", "DenseHeads", "FcnSpec", "Head", "LrasppSpec", "OneTapHead", "SsdliteSpec", "channels_of",
-           "resize_bilinear"]
+__all__ = ["DeepLabV3Spec", "DenseHeads", "DetectionHead", "FcnSpec", "Head", "LrasppSpec", "OneTapHead", "SsdliteSpec",
+           "channels_of", "resize_bilinear"]

@@ -21,12 +21,14 @@ import numpy as np
 
 from ..detection.anchors import (SSDLITE_ASPECT_RATIOS, SSDLITE_MAX_RATIO, SSDLITE_MIN_RATIO, default_boxes,
                                  num_anchors_per_location)
+from ..detection.loss import ssd_loss
 from ..detection.postprocess import Detections, postprocess
 from ..layers import torch_keys as tk
 from ..layers.conv import ConvNormAct, LayerSettings, PointwiseConv
 from . import channels_of
 
 BRANCHES = (("classification_head", "cls_logits"), ("regression_head", "bbox_regression"))  # torchvision's order
+ANCHORS_FILE = "anchors.npy"  # the anchors beside an export of the raw outputs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +110,29 @@ class SsdliteSpec:
                     anchors: Optional[np.ndarray] = None, **options) -> Detections:
         """Detections from the head's outputs for inputs of (height, width): `postprocessor(...)(outputs)`."""
         return self.postprocessor(image_size, anchors, **options)(outputs)
+
+    def raw_outputs(self, num_classes: int) -> tuple[tuple[str, str], ...]:
+        return (("bbox_regression", f"(batch, anchors, 4) box codes against the anchors ({ANCHORS_FILE} or "
+                                    "model.anchors), weights (10, 10, 5, 5)"),
+                ("cls_logits", "(batch, anchors, num_classes) class logits, 0 = background"))
+
+    def side_files(self, image_size: Sequence[int]) -> dict[str, tuple[np.ndarray, str]]:
+        return {ANCHORS_FILE: (np.asarray(self.anchors(image_size), np.float32),
+                               "(anchors, 4) float32 xyxy input pixels, in the order of the outputs")}
+
+    def loss_fn(self, image_size: Sequence[int], **options) -> Callable:
+        """torchvision's SSD training loss: SSDMatcher(0.5) matching, smooth-L1 box loss on the (10, 10, 5, 5)
+        codes, hard-negative-mined (3:1) cross-entropy."""
+        anchors = jax.numpy.asarray(self.anchors(image_size))
+
+        def loss(outputs: Mapping[str, jax.Array], batch: Mapping[str, jax.Array]) -> tuple[jax.Array, dict]:
+            losses = ssd_loss(outputs["bbox_regression"].astype(jax.numpy.float32),
+                              outputs["cls_logits"].astype(jax.numpy.float32), anchors, batch["boxes"],
+                              batch["labels"], batch["box_mask"], **options)
+            return losses["bbox_regression"] + losses["classification"], {
+                "box_loss": losses["bbox_regression"], "class_loss": losses["classification"]}
+
+        return loss
 
     def module(self, settings: LayerSettings, num_classes: int, name: str) -> nn.Module:
         return SsdliteHead(self, num_classes, settings, name=name)

@@ -6,7 +6,7 @@ checkpoint.  Pure numpy: nothing here imports torch.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 
@@ -17,9 +17,10 @@ FlaxPath = tuple[str, ...]
 class TensorMapping:
     torch_key: str
     torch_shape: tuple[int, ...]
-    collection: str  # 'params' | 'batch_stats'
+    collection: str  # 'params' | 'batch_stats' ('' for a fixed tensor)
     flax_path: FlaxPath
     to_flax: Callable[[np.ndarray], np.ndarray]
+    fixed: Optional[np.ndarray] = None  # a tensor the reference stores but never trains: checked, not loaded
 
 
 def conv_to_hwio(w: np.ndarray) -> np.ndarray:
@@ -65,6 +66,13 @@ def batch_norm(flax_path: FlaxPath, key: str, channels: int) -> Iterator[TensorM
 def layer_norm(flax_path: FlaxPath, key: str, channels: int) -> Iterator[TensorMapping]:
     yield TensorMapping(key + ".weight", (channels,), "params", (*flax_path, "scale"), same)
     yield TensorMapping(key + ".bias", (channels,), "params", (*flax_path, "bias"), same)
+
+
+def fixed(key: str, value: np.ndarray) -> Iterator[TensorMapping]:
+    """A constant the reference keeps in its state dict (ultralytics' DFL weights, arange(16)): the converter
+    checks the checkpoint holds exactly this value and loads nothing (the Flax module computes with it)."""
+    value = np.asarray(value)
+    yield TensorMapping(key, tuple(value.shape), "", (), same, value)
 
 
 def conv_norm(flax_path: FlaxPath, conv_key: str, norm_key: str, in_ch: int, out_ch: int, kernel: int,

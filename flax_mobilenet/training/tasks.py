@@ -21,7 +21,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ..detection.loss import ssd_loss
 from .evaluation import CocoDetectionEvaluator, confusion_matrix, segmentation_metrics
 
 Metrics = dict[str, jax.Array]
@@ -177,19 +176,16 @@ class _Coco(Evaluation):
 
 @dataclasses.dataclass(frozen=True)
 class Detection:
-    """torchvision's SSD training: SSDMatcher(0.5) matching, smooth-L1 box loss on the (10, 10, 5, 5) codes,
-    hard-negative-mined (3:1) cross-entropy; COCO box mAP of the post-processed detections (pycocotools)."""
+    """The detection head's own loss (`model.loss_fn`: SSD's matching and hard-negative mining, ...); COCO box mAP
+    of the post-processed detections (pycocotools)."""
 
     name = "detection"
     best_metric = "eval_map"
-    anchors: Any = None  # (A, 4) xyxy input pixels, the model's for the training image size
+    head_loss: Any = None  # (outputs, batch) -> (loss, metrics), the head's for the training image size
     postprocess: Any = None  # raw outputs -> Detections at the eval image size
 
     def loss(self, outputs: Outputs, batch: Metrics) -> tuple[jax.Array, Metrics]:
-        losses = ssd_loss(outputs["bbox_regression"].astype(jnp.float32), outputs["cls_logits"].astype(jnp.float32),
-                          self.anchors, batch["boxes"], batch["labels"], batch["box_mask"])
-        return losses["bbox_regression"] + losses["classification"], {
-            "box_loss": losses["bbox_regression"], "class_loss": losses["classification"]}
+        return self.head_loss(outputs, batch)
 
     def eval_outputs(self, outputs: Outputs, batch: Metrics) -> Any:
         return self.postprocess(jax.tree.map(lambda y: y.astype(jnp.float32), outputs))
@@ -215,5 +211,5 @@ def create_task(task: str, model: Any, num_classes: int, image_size: int, label_
         return Segmentation(num_classes)
     if task == "detection":
         size = (image_size, image_size)
-        return Detection(jnp.asarray(model.anchors(size)), model.postprocessor(size))
+        return Detection(model.loss_fn(size), model.postprocessor(size))
     raise ValueError(f"unknown task {task!r}; known: {', '.join(TASKS)}")
