@@ -171,14 +171,14 @@ def eval_transform(metadata: dict[str, Any]) -> WeightsInfo:
 
 def class_names(metadata: dict[str, Any]) -> Optional[list[str]]:
     """A training run's class names; else those of the reference weights' label set when the class count is
-    theirs (ImageNet's 1000, VOC's 21 for segmentation, COCO's 91 for detection); else None."""
+    theirs (ImageNet's 1000, VOC's 21 for segmentation, COCO's 91 for SSD, 80 for YOLO); else None."""
     if metadata.get("class_names"):
         return list(metadata["class_names"])
-    from .weights import COCO_LABELS, VOC_LABELS
+    from .weights import LABEL_SETS
 
     label_set = eval_transform(metadata).labels if "model" in metadata or "preprocessing" in metadata else "imagenet1k"
-    if label_set in ("voc", "coco"):
-        names = VOC_LABELS if label_set == "voc" else COCO_LABELS
+    if label_set in LABEL_SETS:
+        names = LABEL_SETS[label_set]
         return list(names) if metadata.get("num_classes", len(names)) == len(names) else None
     if metadata.get("num_classes", 1000) == 1000:
         from .preprocessing import imagenet_labels

@@ -13,7 +13,7 @@ from .backbones.spec import FeatureInfo, ModelSpec, feature_info as _feature_inf
 from .weights import WeightsInfo
 
 MODULE_OPTIONS = ("num_classes", "dropout", "feature_taps", "depthwise_impl", "fold_bn", "dtype")
-SOURCES = ("torchvision", "timm")
+SOURCES = ("torchvision", "timm", "ultralytics")  # ultralytics: its `model.N.*` layout, which the yolov5 package shares
 
 
 @dataclasses.dataclass(frozen=True)

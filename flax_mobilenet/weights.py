@@ -28,7 +28,12 @@ COCO_LABELS = ("__background__", "person", "bicycle", "car", "motorcycle", "airp
                "N/A", "dining table", "N/A", "N/A", "toilet", "N/A", "tv", "laptop", "mouse", "remote", "keyboard",
                "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "N/A", "book", "clock", "vase",
                "scissors", "teddy bear", "hair drier", "toothbrush")
-RESIZE_MODES = ("shorter", "fixed")
+# ultralytics' 80 COCO classes (its coco.yaml names, indexed 0..79): torchvision's categories without the unused ids.
+COCO80_LABELS = tuple(name for name in COCO_LABELS[1:] if name != "N/A")
+# The label sets of reference weights besides ImageNet's, by `WeightsInfo.labels`; 'voc20' is VOC without the
+# background (YOLO models count classes from 0).
+LABEL_SETS = {"voc": VOC_LABELS, "coco": COCO_LABELS, "coco80": COCO80_LABELS, "voc20": VOC_LABELS[1:]}
+RESIZE_MODES = ("shorter", "fixed", "letterbox")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +47,9 @@ class WeightsInfo:
     reference: str = ""  # which published weights these facts describe
     center_crop: bool = True  # False: the resized image is evaluated whole (torchvision's SemanticSegmentation)
     # 'shorter': the shorter side is resized to resize_size (aspect kept); 'fixed': the image is resized to
-    # crop_size x crop_size, aspect not kept, and not cropped (torchvision's detection transform with fixed_size).
+    # crop_size x crop_size, aspect not kept, and not cropped (torchvision's detection transform with fixed_size);
+    # 'letterbox': ultralytics' LetterBox (aspect kept, scaled to fit crop_size, padded with grey 114 to a multiple
+    # of 32 in predict, to crop_size x crop_size in exports).
     resize_mode: str = "shorter"
 
     def __post_init__(self) -> None:
@@ -50,9 +57,9 @@ class WeightsInfo:
             raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}")
         if self.resize_mode not in RESIZE_MODES:
             raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {self.resize_mode!r}")
-        if self.resize_mode == "fixed" and (self.center_crop or self.resize_size != self.crop_size):
-            raise ValueError("resize_mode 'fixed' resizes to crop_size x crop_size: it takes center_crop=False and "
-                             "resize_size == crop_size")
+        if self.resize_mode != "shorter" and (self.center_crop or self.resize_size != self.crop_size):
+            raise ValueError(f"resize_mode {self.resize_mode!r} fits the image into crop_size x crop_size: it takes "
+                             "center_crop=False and resize_size == crop_size")
         if self.resize_size < self.crop_size:
             raise ValueError(f"resize_size {self.resize_size} < crop_size {self.crop_size}")
 
@@ -104,3 +111,10 @@ def torchvision_detection_weights(reference: str, size: int = 320, mean: tuple[f
     Detected boxes come back in input pixels: scale them to the original image (`detection.rescale_detections`)."""
     return WeightsInfo(size, size, "bilinear", tuple(mean), tuple(std), labels="coco", reference=reference,
                        center_crop=False, resize_mode="fixed")
+
+
+def ultralytics_weights(reference: str, size: int = 640, labels: str = "coco80") -> WeightsInfo:
+    """ultralytics' transform: LetterBox to `size` (bilinear, grey 114 padding), pixels / 255 (mean 0, std 1);
+    its 80 COCO classes ('coco80' labels, 0-based)."""
+    return WeightsInfo(size, size, "bilinear", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), labels=labels, reference=reference,
+                       center_crop=False, resize_mode="letterbox")

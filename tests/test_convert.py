@@ -66,7 +66,7 @@ def test_wrong_num_classes_gets_a_hint(state_dict):
 
 
 def test_not_a_mobilenet():
-    with pytest.raises(ConversionError, match="not a torchvision or timm MobileNet checkpoint"):
+    with pytest.raises(ConversionError, match="not a torchvision, timm or ultralytics checkpoint"):
         fm.convert_state_dict("mobilenet_v2", {"fc.weight": np.zeros((2, 2))})
 
 

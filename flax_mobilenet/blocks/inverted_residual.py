@@ -37,6 +37,10 @@ TORCH_NAMES = {
     # timm byobnet BottleneckBlock with bottle_in/linear_out (MobileViT's 'bottle'): three ConvNormActs.
     "timm_byob": lambda parts: dict(expand="conv1_1x1.conv", expand_bn="conv1_1x1.bn", depthwise="conv2_kxk.conv",
                                     depthwise_bn="conv2_kxk.bn", project="conv3_1x1.conv", project_bn="conv3_1x1.bn"),
+    # Seed 004's MobileNetV2 InverseResidualBlock: conv1 (absent, an Identity, without expansion), depthwise_conv
+    # and conv2, each a ConvNormReLUBlock (conv, bn; conv2 without activation).
+    "seed004_v2": lambda parts: dict(expand="conv1.conv", expand_bn="conv1.bn", depthwise="depthwise_conv.conv",
+                                     depthwise_bn="depthwise_conv.bn", project="conv2.conv", project_bn="conv2.bn"),
 }
 SE_NAMES = {"torchvision_v2": ("fc1", "fc2"), "torchvision_v3": ("fc1", "fc2"), "timm": ("conv_reduce", "conv_expand")}
 

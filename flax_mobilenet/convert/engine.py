@@ -47,12 +47,14 @@ def _stem_keys() -> dict[str, str]:
 
 
 def detect_layout(state_dict: Mapping[str, Any]) -> str:
-    """'torchvision' or 'timm', from the stem key of any registered model found in the checkpoint."""
+    """'torchvision', 'timm' or 'ultralytics' (which the yolov5 package shares), from the stem key of any
+    registered model found in the checkpoint."""
     for key, source in _stem_keys().items():
         if key in state_dict:
             return source
     sample = ", ".join(list(state_dict)[:5]) or "no keys at all"
-    raise ConversionError(f"not a torchvision or timm MobileNet checkpoint (of any family here): its keys begin {sample}")
+    raise ConversionError(f"not a torchvision, timm or ultralytics checkpoint of any model here: its keys begin "
+                          f"{sample}")
 
 
 def _classes_in(state_dict: Mapping[str, Any], spec: ModelSpec) -> int:
@@ -127,8 +129,10 @@ def convert_state_dict(name: str, state_dict: Mapping[str, Any], **overrides: An
             continue
         if m.fixed is not None:
             if not np.array_equal(array, m.fixed):
-                raise ConversionError(f"{m.torch_key} is a fixed tensor of {name} ({np.array2string(m.fixed.ravel())}"
-                                      f"), the checkpoint holds {np.array2string(array.ravel(), precision=4)}")
+                raise ConversionError(
+                    f"{m.torch_key} is a fixed tensor of {name} ({np.array2string(m.fixed.ravel(), precision=4)}), "
+                    f"the checkpoint holds {np.array2string(array.ravel(), precision=4)}"
+                    + (f": {m.fixed_hint(array)}" if m.fixed_hint else ""))
             continue
         node = variables[m.collection]
         for part in m.flax_path[:-1]:

@@ -117,6 +117,9 @@ from .deeplabv3 import DeepLabV3Spec  # noqa: E402  (head kinds import channels_
 from .fcn import FcnSpec  # noqa: E402
 from .lraspp import LrasppSpec  # noqa: E402
 from .ssdlite import SsdliteSpec  # noqa: E402
+from .yolo_detect import YoloDetectSpec  # noqa: E402
+from .yolov5_detect import Yolov5DetectSpec  # noqa: E402
 
-__all__ = ["DeepLabV3Spec", "DenseHeads", "DetectionHead", "FcnSpec", "Head", "LrasppSpec", "OneTapHead", "SsdliteSpec",
-           "channels_of", "resize_bilinear"]
+__all__ = ["DeepLabV3Spec", "DenseHeads", "DetectionHead", "FcnSpec", "Head", "LrasppSpec", "OneTapHead", "SsdliteSpec", "YoloDetectSpec", "Yolov5DetectSpec",
+           "channels_of",
+           "resize_bilinear"]

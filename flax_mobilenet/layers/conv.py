@@ -164,6 +164,7 @@ class PointwiseConv(nn.Module):
     features: int
     use_bias: bool = False
     dtype: Dtype = jnp.float32
+    bias_init: Any = nn.initializers.zeros  # a prior-probability constant in detection heads (YOLO)
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -171,14 +172,16 @@ class PointwiseConv(nn.Module):
         x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
         y = lax.dot_general(x, kernel[0, 0], (((x.ndim - 1,), (0,)), ((), ())))
         if self.use_bias:
-            y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32).astype(self.dtype)
+            y = y + self.param("bias", self.bias_init, (self.features,), jnp.float32).astype(self.dtype)
         return y
 
 
 def conv2d(features: int, kernel_size: int, stride: int = 1, dilation: int = 1, use_bias: bool = False,
-           dtype: Dtype = jnp.float32, name: Optional[str] = None) -> nn.Conv:
-    """Dense kxk convolution with PyTorch's symmetric padding; kernel (k, k, C_in, C_out)."""
-    return nn.Conv(features, (kernel_size, kernel_size), strides=stride, padding=torch_padding(kernel_size, dilation),
+           dtype: Dtype = jnp.float32, name: Optional[str] = None, padding: Optional[int] = None) -> nn.Conv:
+    """Dense kxk convolution with PyTorch's symmetric padding (`padding` per side, default
+    dilation * (k - 1) // 2); kernel (k, k, C_in, C_out)."""
+    pads = torch_padding(kernel_size, dilation) if padding is None else ((padding, padding), (padding, padding))
+    return nn.Conv(features, (kernel_size, kernel_size), strides=stride, padding=pads,
                    kernel_dilation=dilation, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
                    kernel_init=conv_init, name=name)
 
@@ -198,19 +201,27 @@ class ConvNormAct(nn.Module):
     depthwise: bool = False
     act: Optional[str] = None
     settings: LayerSettings = LayerSettings()
+    # Symmetric padding per side, for references that do not pad dilation * (k - 1) // 2: ultralytics' autopad
+    # is k // 2, one more for an even kernel (Conv(c1, c2, 4, 2) pads 2).  None = the default.
+    padding: Optional[int] = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         settings, bias = self.settings, self.settings.fold_bn
+        default_padding = self.dilation * (self.kernel_size - 1) // 2
+        padding = None if self.padding in (None, default_padding) else self.padding
         if self.depthwise:
             if self.features != x.shape[-1]:
                 raise ValueError(f"depthwise conv keeps channels: {x.shape[-1]} in, {self.features} asked")
+            if padding is not None:
+                raise NotImplementedError(f"depthwise conv with padding {padding} (only {default_padding})")
             x = DepthwiseConv(self.kernel_size, self.stride, self.dilation, settings.depthwise_impl, bias,
                               settings.dtype, name="conv")(x)
-        elif self.kernel_size == 1 and self.stride == 1:
+        elif self.kernel_size == 1 and self.stride == 1 and padding is None:
             x = PointwiseConv(self.features, bias, settings.dtype, name="conv")(x)
         else:
-            x = conv2d(self.features, self.kernel_size, self.stride, self.dilation, bias, settings.dtype, name="conv")(x)
+            x = conv2d(self.features, self.kernel_size, self.stride, self.dilation, bias, settings.dtype, name="conv",
+                       padding=padding)(x)
         if not settings.fold_bn:
             x = settings.batch_norm(train)(x)
         return activation(self.act)(x)

@@ -21,6 +21,7 @@ class TensorMapping:
     flax_path: FlaxPath
     to_flax: Callable[[np.ndarray], np.ndarray]
     fixed: Optional[np.ndarray] = None  # a tensor the reference stores but never trains: checked, not loaded
+    fixed_hint: Optional[Callable[[np.ndarray], str]] = None  # what to do when the checkpoint's value differs
 
 
 def conv_to_hwio(w: np.ndarray) -> np.ndarray:
@@ -68,11 +69,13 @@ def layer_norm(flax_path: FlaxPath, key: str, channels: int) -> Iterator[TensorM
     yield TensorMapping(key + ".bias", (channels,), "params", (*flax_path, "bias"), same)
 
 
-def fixed(key: str, value: np.ndarray) -> Iterator[TensorMapping]:
+def fixed(key: str, value: np.ndarray,
+          hint: Optional[Callable[[np.ndarray], str]] = None) -> Iterator[TensorMapping]:
     """A constant the reference keeps in its state dict (ultralytics' DFL weights, arange(16)): the converter
-    checks the checkpoint holds exactly this value and loads nothing (the Flax module computes with it)."""
+    checks the checkpoint holds exactly this value and loads nothing (the Flax module computes with it).
+    `hint(checkpoint_value)` tells the user what to do when it differs (yolov5's anchors: an override)."""
     value = np.asarray(value)
-    yield TensorMapping(key, tuple(value.shape), "", (), same, value)
+    yield TensorMapping(key, tuple(value.shape), "", (), same, value, hint)
 
 
 def conv_norm(flax_path: FlaxPath, conv_key: str, norm_key: str, in_ch: int, out_ch: int, kernel: int,
