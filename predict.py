@@ -25,7 +25,7 @@ import numpy as np
 import flax_mobilenet as fm
 from flax_mobilenet.checkpoint import class_names, eval_transform, load_metadata, require_checkpoint_folder
 from flax_mobilenet.inference import compile_inference, enable_compilation_cache
-from flax_mobilenet.preprocessing import classify, load_image, preprocess_for
+from flax_mobilenet.preprocessing import classify, detection_input, load_image, preprocess_for
 
 
 def parse_args(argv=None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
@@ -162,7 +162,11 @@ def predict_dense(args: argparse.Namespace, task: str, name: str, variables: dic
             print(f"error: {error}", file=sys.stderr)
             failed = True
             continue
-        x = preprocess_for(image, transform)[None]
+        if task == "detection":  # letterboxed to the smallest stride-32 rectangle (ultralytics) or resized
+            x, to_image = detection_input(image, transform, rect=True)
+            x = x[None]
+        else:
+            x = preprocess_for(image, transform)[None]
         picture_path = args.output_dir / f"{Path(path).stem}.png" if args.output_dir else None
         if task == "segmentation":
             classes = np.asarray(run(x))[0].argmax(-1)
@@ -175,8 +179,7 @@ def predict_dense(args: argparse.Namespace, task: str, name: str, variables: dic
         else:
             found = jax_to_numpy(run(x))
             keep = np.flatnonzero(found["scores"][0, :int(found["num_valid"][0])] >= args.min_score)
-            scale = np.array([image.width / x.shape[2], image.height / x.shape[1]] * 2, np.float32)
-            boxes = found["boxes"][0, keep] * scale
+            boxes = to_image(found["boxes"][0, keep])
             entry = {"image": path, "detections": [
                 {"category_id": int(found["labels"][0, i]), "score": round(float(found["scores"][0, i]), 4),
                  "label": labels[int(found["labels"][0, i])] if labels else str(int(found["labels"][0, i])),

@@ -77,12 +77,12 @@ def _overlaps(rect: tuple[int, int, int, int], placed: np.ndarray) -> bool:
 
 
 def place_labels(boxes: np.ndarray, label_sizes: Sequence[tuple[int, int]], image_size: tuple[int, int],
-                 line_width: int = 0) -> list[LabelBox]:
+                 line_width: int = 0) -> list[Optional[LabelBox]]:
     """Where each caption goes: a rectangle of `label_sizes[i]` (w, h) on top of box i (xyxy), its left edge at the
     box's outer left edge, just above the box (inside it when the box touches the image's top), kept inside the image
     (w, h); then, in order, moved up or down by the least distance that clears every label placed before it (the
-    nearest free position, among those that touch a placed label's edge).  Labels overlap only when no vertical
-    position in the image is free."""
+    nearest free position, among those that touch a placed label's edge).  None where no position is free (a crowded
+    picture): that box keeps its outline, without a caption covering another."""
     width, height = image_size
     placed = np.zeros((0, 4), np.int64)
     result = []
@@ -99,12 +99,11 @@ def place_labels(boxes: np.ndarray, label_sizes: Sequence[tuple[int, int]], imag
         candidates = np.concatenate([[preferred], column[:, 3], column[:, 1] - h, [0, height - h]])
         candidates = candidates[(candidates >= 0) & (candidates <= max(height - h, 0))]
         order = np.argsort(np.abs(candidates - preferred), kind="stable")
-        y0 = preferred
-        for y in candidates[order]:
-            if not _overlaps((x0, int(y), x0 + w, int(y) + h), column):
-                y0 = int(y)
-                break
-        rect = LabelBox(x0, y0, x0 + w, y0 + h)
+        free = [int(y) for y in candidates[order] if not _overlaps((x0, int(y), x0 + w, int(y) + h), column)]
+        if not free:
+            result.append(None)
+            continue
+        rect = LabelBox(x0, free[0], x0 + w, free[0] + h)
         placed = np.concatenate([placed, np.asarray([rect], np.int64)])
         result.append(rect)
     return result
@@ -119,8 +118,8 @@ def draw_boxes(image: Image.Image, boxes: np.ndarray, labels: Sequence[int], sco
 
     Line width and font size grow with the image (`annotation_style`; override with `line_width`, `font_size`); the
     font is Pillow's bundled TrueType one.  Boxes are drawn first, then the labels on top, each placed by
-    `place_labels` (above its box, inside at the image's top edge, shifted so labels do not cover each other; in the
-    given order, so pass the boxes best first).  `names[label]` names a class (its number when `names` is None or
+    `place_labels` (above its box, inside at the image's top edge, shifted so labels do not cover each other, left
+    out where no place is free; in the given order, so pass the boxes best first).  `names[label]` names a class (its number when `names` is None or
     too short).  `num_classes` is accepted for compatibility and not needed (colours cycle over `BOX_PALETTE`).
     With `return_label_boxes`, returns (picture, list of `LabelBox`).
     """
@@ -144,6 +143,8 @@ def draw_boxes(image: Image.Image, boxes: np.ndarray, labels: Sequence[int], sco
         draw.rectangle([x0, y0, x1, y1], outline=box_colour(label), width=lw)
     rects = place_labels(boxes, sizes, picture.size, lw)
     for rect, label, caption in zip(rects, labels, captions):
+        if rect is None:  # no free place left for its caption
+            continue
         colour = box_colour(label)
         draw.rectangle([rect.x0, rect.y0, rect.x1 - 1, rect.y1 - 1], fill=colour)
         draw.text((rect.x0 + pad, rect.y0 + pad - glyph_top), caption, fill=text_colour(colour), font=font)

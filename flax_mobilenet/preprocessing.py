@@ -101,15 +101,39 @@ def preprocess_for(image: Image.Image, weights: WeightsInfo) -> np.ndarray:
     """`preprocess` with the eval transform a model's weights expect (`flax_mobilenet.weights_info(name)`).
 
     `resize_mode='fixed'` (torchvision's detection transform): the [0, 1] image is resized to crop x crop with
-    torch's bilinear interpolate (no antialias, aspect not kept), then normalized."""
-    if weights.resize_mode == "fixed":
-        from .heads.resize import resize_bilinear
+    torch's bilinear interpolate (no antialias, aspect not kept), then normalized.  'letterbox' (ultralytics):
+    `letterbox` to crop x crop, normalized (see `detection_input` for the boxes' way back)."""
+    return detection_input(image, weights)[0] if weights.resize_mode != "shorter" else preprocess(
+        image, weights.crop_size, weights.resize_size, weights.interpolation, weights.mean, weights.std,
+        weights.center_crop)
 
-        pixels = np.asarray(image.convert("RGB"), dtype=np.float32) / np.float32(255)
-        pixels = np.asarray(resize_bilinear(pixels[None], (weights.crop_size, weights.crop_size)))[0]
-        return (pixels - np.asarray(weights.mean, np.float32)) / np.asarray(weights.std, np.float32)
-    return preprocess(image, weights.crop_size, weights.resize_size, weights.interpolation, weights.mean, weights.std,
-                      weights.center_crop)
+
+def detection_input(image: Image.Image, weights: WeightsInfo,
+                    rect: bool = False) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
+    """A detector's input for `image` (H, W, 3 float32, normalized) and the map of xyxy boxes from its pixels
+    back to the image's (clipped to it).  'letterbox' weights: ultralytics' `LetterBox` to crop_size, `rect`
+    padding only to the next multiple of 32 (its predictor's minimal rectangle: bus.jpg -> 640x480); 'fixed'
+    weights (torchvision's SSD): resized to crop x crop, aspect not kept."""
+    mean, std = np.asarray(weights.mean, np.float32), np.asarray(weights.std, np.float32)
+    if weights.resize_mode == "letterbox":
+        pixels, info = letterbox(image, weights.crop_size, auto=rect)
+        return ((pixels.astype(np.float32) / np.float32(255) - mean) / std,
+                lambda boxes: scale_boxes_back(boxes, info))
+    if weights.resize_mode != "fixed":
+        raise ValueError(f"detection_input takes 'letterbox' or 'fixed' weights, got resize_mode "
+                         f"{weights.resize_mode!r}")
+    from .heads.resize import resize_bilinear
+
+    size = weights.crop_size
+    pixels = np.asarray(image.convert("RGB"), dtype=np.float32) / np.float32(255)
+    pixels = np.asarray(resize_bilinear(pixels[None], (size, size)))[0]
+    scale = np.array([image.width / size, image.height / size] * 2, np.float32)
+
+    def back(boxes: np.ndarray) -> np.ndarray:
+        limits = np.array([image.width, image.height] * 2, np.float32)
+        return np.clip(np.asarray(boxes, np.float32) * scale, 0, limits)
+
+    return (pixels - mean) / std, back
 
 
 def classify(logits_fn: Callable[[np.ndarray], Any], images: np.ndarray, batch_size: int,

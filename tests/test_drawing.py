@@ -80,3 +80,14 @@ def test_predict_call_still_works():
     assert isinstance(picture, Image.Image) and picture.size == (64, 48)
     empty = draw_boxes(grey(64, 48), np.zeros((0, 4), np.float32), [], [], NAMES, 8)
     assert (np.asarray(empty) == 128).all()
+
+
+def test_a_crowded_picture_leaves_captions_out_rather_than_stacking_them():
+    # 40 boxes in a 100 px tall picture: only as many 20 px captions as fit in the column are drawn, none overlapping.
+    boxes = np.array([[10, 40, 90, 90]] * 40, np.float32)
+    rects = place_labels(boxes, [(60, 20)] * 40, (100, 100))
+    drawn = [r for r in rects if r is not None]
+    assert len(drawn) == 5 and rects[0] == (10, 20, 70, 40)
+    for i, a in enumerate(drawn):
+        for b in drawn[i + 1:]:
+            assert a.y1 <= b.y0 or b.y1 <= a.y0

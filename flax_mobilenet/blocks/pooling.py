@@ -2,25 +2,29 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterator
+from typing import Iterator, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from ..layers import torch_keys as tk
 from ..layers.conv import LayerSettings, torch_padding
 
 
-def max_pool(x: jax.Array, kernel_size: int, stride: int) -> jax.Array:
+def max_pool(x: jax.Array, kernel_size: int, stride: int,
+             padding: Optional[tuple[tuple[int, int], tuple[int, int]]] = None) -> jax.Array:
     """NHWC max pool as torch.nn.MaxPool2d(k, stride, padding=(k - 1) // 2): the padding is -inf, so a
-    border window's maximum is taken over real pixels only, and the output size is floor((H + 2p - k) / s) + 1."""
-    pad = torch_padding(kernel_size)
-    # A Python -inf with lax.max makes this reduce_window_max, which has a gradient; an array init value
-    # would make it a generic reduce_window, which cannot be differentiated.
-    return lax.reduce_window(x, -jnp.inf, lax.max, (1, kernel_size, kernel_size, 1),
-                             (1, stride, stride, 1), ((0, 0), *pad, (0, 0)))
+    border window's maximum is taken over real pixels only, and the output size is floor((H + 2p - k) / s) + 1.
+    `padding` ((top, bottom), (left, right)) replaces it (ceil_mode's extra bottom/right window, say).
+
+    Written as a -inf pad and flax's 2-D `max_pool` (XLA's reduce_window_max, which has a gradient): the ONNX
+    export maps that to one 2-D MaxPool (jax2onnx turns a raw NHWC reduce_window into a MaxPool over four axes,
+    which ONNX Runtime rejects)."""
+    pad = torch_padding(kernel_size) if padding is None else padding
+    if any(p for side in pad for p in side):
+        x = jnp.pad(x, ((0, 0), *pad, (0, 0)), constant_values=-jnp.inf)
+    return nn.max_pool(x, window_shape=(kernel_size, kernel_size), strides=(stride, stride), padding="VALID")
 
 
 @dataclasses.dataclass(frozen=True)

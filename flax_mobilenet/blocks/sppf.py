@@ -17,13 +17,8 @@ import jax.numpy as jnp
 
 from ..layers import torch_keys as tk
 from ..layers.conv import LayerSettings
+from .pooling import max_pool
 from .yolo_conv import yolo_conv, yolo_conv_tensors
-
-
-def max_pool_same(x: jax.Array, kernel_size: int) -> jax.Array:
-    """MaxPool2d(k, stride 1, padding k // 2) on NHWC, padding as -inf (PyTorch's semantics)."""
-    pad = kernel_size // 2
-    return nn.max_pool(x, (kernel_size, kernel_size), strides=(1, 1), padding=((pad, pad), (pad, pad)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +61,7 @@ class SPPF(nn.Module):
         spec, settings = self.spec, self.settings
         ys = [yolo_conv(spec.hidden, activation=spec.cv1_activation, settings=settings, name="cv1")(x, train)]
         for _ in range(spec.n):
-            ys.append(max_pool_same(ys[-1], spec.kernel_size))
+            ys.append(max_pool(ys[-1], spec.kernel_size, 1))  # padding k // 2, as -inf
         y = yolo_conv(spec.out_features, activation=spec.activation, settings=settings,
                       name="cv2")(jnp.concatenate(ys, axis=-1), train)
         return y + x if spec.shortcut and spec.in_features == spec.out_features else y

@@ -17,13 +17,14 @@ import jax.numpy as jnp
 
 from ..layers import torch_keys as tk
 from ..layers.conv import LayerSettings
+from .pooling import max_pool
 from .yolo_conv import yolo_conv, yolo_conv_tensors
 
 
 def max_pool_2x2_ceil(x: jax.Array) -> jax.Array:
     """MaxPool2d(2, 2, ceil_mode=True) on NHWC: an odd height/width gets a last, one-wide window."""
     pad_h, pad_w = x.shape[1] % 2, x.shape[2] % 2
-    return nn.max_pool(x, (2, 2), strides=(2, 2), padding=((0, pad_h), (0, pad_w)))
+    return max_pool(x, 2, 2, ((0, pad_h), (0, pad_w)))
 
 
 @dataclasses.dataclass(frozen=True)

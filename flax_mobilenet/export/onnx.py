@@ -18,10 +18,8 @@ and runs at 1.00-1.07x its time: benchmarks/cpu_inference.py):
    standard ONNX ops: NHWC images -> one Transpose -> Conv/Clip/Add/... -> logits.  Basic-level output is
    portable (the extended levels would add ONNX Runtime-specific fused ops).
 
-While tracing, ShuffleNet's max-pool stem is reformulated: jax2onnx lowers a raw NHWC `lax.reduce_window`
-max to a MaxPool with four spatial axes, which ONNX Runtime rejects ("Unsupported pooling size"); it is
-traced as a -inf pad and `flax.linen.max_pool(..., 'VALID')`, which jax2onnx maps to a 2-D MaxPool (the same
-windows, the same maxima).  The detection post-processing's per-class NMS is ONNX's `NonMaxSuppression`
+Max pools (ShuffleNet's stem, SPPF, the StemBlock) are a -inf pad and `flax.linen.max_pool(..., 'VALID')`
+(`blocks.pooling.max_pool`), which jax2onnx maps to a 2-D MaxPool.  The detection post-processing's per-class NMS is ONNX's `NonMaxSuppression`
 (`detection_nms`, the `onnx_nms` primitive: the same keep mask bit for bit): the `fori_loop` of our own NMS
 would become a `Loop`, which ONNX Runtime ran at ~20x the time of the whole SSDLite320 model.  The dense
 heads' bilinear upsampling (`heads.resize_bilinear`'s primitive) is one ONNX `Resize` (`onnx_resize`) instead of
@@ -66,20 +64,6 @@ def _quiet_plugin_imports() -> Iterator[None]:
         yield
     finally:
         logger.setLevel(level)
-
-
-def _traceable_layers(next_fun: Callable[..., Any], args: tuple, kwargs: dict, context: Any) -> Any:
-    """flax method interceptor: ShuffleNet's max pool as a -inf pad and a 2-D `flax.linen.max_pool`."""
-    import flax.linen as nn
-    import jax.numpy as jnp
-
-    from ..blocks.pooling import MaxPool
-    from ..layers.conv import torch_padding
-    pool = context.module
-    if not (isinstance(pool, MaxPool) and context.method_name == "__call__"):
-        return next_fun(*args, **kwargs)
-    x = jnp.pad(args[0], ((0, 0), *torch_padding(pool.kernel_size), (0, 0)), constant_values=-jnp.inf)
-    return nn.max_pool(x, window_shape=(pool.kernel_size,) * 2, strides=(pool.stride,) * 2, padding="VALID")
 
 
 def _set_shape(value_info: Any, shape: Sequence[int | str]) -> None:
@@ -271,15 +255,10 @@ def detection_nms() -> Callable[[Any, Any, float], Any]:
 
 def convert(forward: Callable[[Any], tuple], shape: Sequence[Optional[int]],
             outputs: Sequence[tuple[str, Sequence[int]]]) -> tuple[bytes, str]:
-    import flax.linen as nn
     jax2onnx = require("jax2onnx", "ONNX export")
     onnx = require("onnx", "ONNX export")
     batch = "batch" if shape[0] is None else shape[0]
     names = [name for name, _ in outputs]
-
-    def traced(x: Any) -> Any:
-        with nn.intercept_methods(_traceable_layers):
-            return forward(x)
 
     def set_shapes(batch_dim: int | str) -> None:
         _set_shape(proto.graph.input[0], (batch_dim, *shape[1:]))
@@ -290,7 +269,7 @@ def convert(forward: Callable[[Any], tuple], shape: Sequence[Optional[int]],
         from . import onnx_resize  # noqa: F401 (registers the bilinear resize's lowering to ONNX Resize)
         # Always traced with a symbolic batch: with a fixed one jax2onnx keeps the squeeze-excite gates as
         # 2-D Gemm chains between NHWC reshapes, which no longer match the rewrites below.
-        proto = jax2onnx.to_onnx(traced, inputs=[("batch", *shape[1:])], model_name="flax_mobilenet",
+        proto = jax2onnx.to_onnx(forward, inputs=[("batch", *shape[1:])], model_name="flax_mobilenet",
                                  opset=OPSET, input_names=[INPUT_NAME], output_names=names)
     set_shapes("batch")
     _einsum_to_conv(onnx, proto)
