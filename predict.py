@@ -86,6 +86,10 @@ def main(argv=None) -> int:
     import flax
 
     transform = eval_transform(metadata).at_size(args.image_size)
+    multiple = fm.create_model(name, **overrides).input_multiple
+    if transform.crop_size % multiple:
+        parser.error(f"--image-size {transform.crop_size}: {name} takes sizes that are multiples of {multiple} "
+                     f"(e.g. {-(-transform.crop_size // multiple) * multiple})")
     task = fm.model_spec(name, **overrides).task
     if task != "classification":
         return predict_dense(args, task, name, variables, metadata, transform, num_classes, overrides)

@@ -76,6 +76,9 @@ class WeightsInfo:
         if self.resize_mode == "fixed":
             return (f"RGB, resize to {self.crop_size}x{self.crop_size} ({self.interpolation}, aspect not kept), "
                     f"no crop, {scale}")
+        if self.resize_mode == "letterbox":
+            return (f"letterbox to {self.crop_size}x{self.crop_size} as ultralytics' LetterBox (aspect kept, "
+                    f"{self.interpolation} resize, centred grey 114 padding), RGB, {scale}")
         crop = f"center crop {self.crop_size}, " if self.center_crop else "no crop, "
         return f"RGB, resize shorter side to {self.resize_size} ({self.interpolation}), {crop}{scale}"
 

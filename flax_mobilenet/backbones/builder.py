@@ -55,6 +55,12 @@ class VisionModel(nn.Module):
     def settings(self) -> LayerSettings:
         return LayerSettings(self.spec.bn_eps, self.spec.bn_momentum, self.fold_bn, self.dtype, self.depthwise_impl)
 
+    @property
+    def input_multiple(self) -> int:
+        """What image sides must be multiples of: a neck's deepest stride (its concats join maps of several
+        strides, as ultralytics' YOLO needs multiples of 32); 1 without a neck (any size from 32 up)."""
+        return max(info.stride for info in feature_info(self.spec).values()) if self.spec.neck else 1
+
     def _check_taps(self, names: Sequence[str]) -> dict[str, FeatureInfo]:
         available = feature_info(self.spec)
         for name in names:
@@ -75,6 +81,10 @@ class VisionModel(nn.Module):
         dense = isinstance(spec.head, DenseHeads) and self.feature_taps is None
         wanted = tuple(spec.head.taps if dense else self.feature_taps or ())
         available = self._check_taps(wanted)
+        stride = self.input_multiple
+        if x.shape[1] % stride or x.shape[2] % stride:
+            raise ValueError(f"this model takes images whose height and width are multiples of {stride} (its "
+                             f"neck joins maps down to stride {stride}), got {x.shape[1]}x{x.shape[2]}")
         # the neck maps asked for, and every map they are computed from (a neck only reads earlier names)
         nodes = sorted({available[name].node for name in wanted if available[name].node is not None})
         needed = set(wanted) | {tap for i in range(max(nodes) + 1 if nodes else 0) for tap in spec.neck[i].inputs}
