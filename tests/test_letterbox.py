@@ -7,8 +7,8 @@ import torch
 
 from flax_mobilenet.preprocessing import LetterboxInfo, letterbox, load_image, resize_linear_uint8, scale_boxes_back
 
-cv2 = pytest.importorskip("cv2")
-augment = pytest.importorskip("ultralytics.data.augment")
+import cv2  # noqa: E402
+from ultralytics.data import augment  # noqa: E402
 from ultralytics.utils import ASSETS, ops  # noqa: E402
 
 CASES = [  # (new_shape, options): the predictor's (auto), val's square (no upscale), a rectangle, an upscale

@@ -13,7 +13,7 @@ from flax_mobilenet.detection.nms import greedy_keep
 from flax_mobilenet.detection.yolo_postprocess import (MAX_NMS, YOLO_PRESETS, YOLOV5_PRESETS, yolo_postprocess,
                                                        yolov5_postprocess)
 
-ultralytics_nms = pytest.importorskip("ultralytics.utils.nms")
+import ultralytics.utils.nms as ultralytics_nms  # noqa: E402
 
 
 def torchvision_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
@@ -141,7 +141,7 @@ def test_options_agnostic_classes_extra_channels(tv_nms):
 
 @pytest.mark.parametrize("preset", ["predict", "val"])
 def test_matches_yolov5(preset, tv_nms):
-    general = pytest.importorskip("yolov5.utils.general")
+    import yolov5.utils.general as general
     pred = predictions(3, nc=5, objectness=True)
     s = YOLOV5_PRESETS[preset]
     reference = general.non_max_suppression(torch.from_numpy(pred), s["conf_threshold"], s["iou_threshold"],
@@ -190,8 +190,8 @@ def test_nms_method_callable_and_fixed_point(tv_nms):
 def test_onnx_export_with_nonmaxsuppression():
     """The ONNX export's `nms_keep` as nms_method: the same detections in XLA, and in ONNX Runtime (symbolic batch)
     where it becomes NonMaxSuppression."""
-    jax2onnx = pytest.importorskip("jax2onnx")
-    ort = pytest.importorskip("onnxruntime")
+    import jax2onnx
+    import onnxruntime as ort
     from flax_mobilenet.export.onnx import OPSET
     from flax_mobilenet.export.onnx_nms import nms_keep
 

@@ -123,3 +123,16 @@ def test_predict_letterboxes_and_maps_boxes_back_to_the_photo(detector, tmp_path
         assert detection["label"] == str(label)  # 5 classes: not the 80 COCO names, so numbers
         assert 0 <= x0 <= x0 + w <= photo.width + 0.1 and 0 <= y0 <= y0 + h <= photo.height + 0.1
     assert Image.open(entry["output"]).size == photo.size
+
+
+def test_a_yolo_head_on_an_imagenet_backbone_takes_the_classifier_layers():
+    """`init_from` a converted classifier: its features_N layers load into yolov8n(backbone=...), the neck and the
+    head stay fresh."""
+    from flax_mobilenet.training.checkpoints import merge_backbone
+    x = np.zeros((1, 64, 64, 3), np.float32)
+    classifier = fm.create_model("mobilenet_v3_small").init(jax.random.key(1), x)
+    fresh = fm.create_model("yolov8n", backbone="mobilenet_v3_small", num_classes=CLASSES).init(jax.random.key(0), x)
+    merged, kept = merge_backbone(fresh, classifier)
+    assert set(kept) == {f"neck_{i}" for i in (0, 3, 6, 7, 9, 10, 12)} | {"model_14"}  # SPPF, C2f/Conv rows, Detect
+    np.testing.assert_array_equal(merged["params"]["features_3"]["expand"]["conv"]["kernel"],
+                                  classifier["params"]["features_3"]["expand"]["conv"]["kernel"])
