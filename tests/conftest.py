@@ -17,11 +17,13 @@ sys.path.insert(0, os.path.dirname(__file__))
 jax.config.update("jax_disable_most_optimizations", True)
 
 # The `torch` marker (pyproject.toml): tests that need PyTorch/torchvision/timm.  Every test of a module that
-# imports torch, torchvision, timm or torch_reference at its top level gets it; a module that imports them only
-# inside some tests marks those tests itself (test_training_steps.py).  The Python 3.13 leg of CI (no PyTorch
-# wheel there) runs `-m "not torch and not export and not slow"`; the 3.11 leg runs everything, and a missing torch fails it loudly.
+# imports torch, torchvision, timm or a helper that imports them (torch_reference, yolo_reference, seed_modules)
+# at its top level gets it; a module that imports them only inside some tests marks those tests itself
+# (test_training_steps.py).  The Python 3.13 leg of CI (no PyTorch wheel there) runs
+# `-m "not torch and not export and not slow"`; the 3.11 leg runs everything, and a missing torch fails it loudly.
 TORCH_INSTALLED = importlib.util.find_spec("torch") is not None
-_TOP_LEVEL_TORCH_IMPORT = re.compile(r"^(?:from|import)\s+(?:torch|torchvision|timm|torch_reference)\b", re.M)
+_TOP_LEVEL_TORCH_IMPORT = re.compile(
+    r"^(?:from|import)\s+(?:torch|torchvision|timm|torch_reference|yolo_reference|seed_modules)\b", re.M)
 
 
 @cache
