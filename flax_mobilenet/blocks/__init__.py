@@ -35,3 +35,16 @@ class Block(Protocol):
 
     def torch_tensors(self, prefix: str, flax_path: FlaxPath) -> Iterator[TensorMapping]:
         """Every tensor of the block in the reference's state dict, under the module path `prefix`."""
+
+
+class SameSizeBlock:
+    """For a block kind that keeps the spatial size and has no inner feature points (YOLO's CSP blocks, SPPF,
+    C2PSA): its `stride` and `inner_taps`."""
+
+    @property
+    def stride(self) -> int:
+        return 1
+
+    @property
+    def inner_taps(self) -> dict[str, int]:
+        return {}

@@ -25,22 +25,13 @@ import jax.numpy as jnp
 
 from ..layers import torch_keys as tk
 from ..layers.conv import LayerSettings
+from . import SameSizeBlock
 from .psa import PSABlockSpec
 from .yolo_conv import yolo_conv, yolo_conv_tensors
 
 
-class _NoTaps:
-    @property
-    def stride(self) -> int:
-        return 1
-
-    @property
-    def inner_taps(self) -> dict[str, int]:
-        return {}
-
-
 @dataclasses.dataclass(frozen=True)
-class BottleneckSpec(_NoTaps):
+class BottleneckSpec(SameSizeBlock):
     in_features: int
     out_features: int
     shortcut: bool = True
@@ -80,7 +71,7 @@ class Bottleneck(nn.Module):
 
 
 @dataclasses.dataclass(frozen=True)
-class SequenceSpec(_NoTaps):
+class SequenceSpec(SameSizeBlock):
     """Blocks in a row, as an nn.Sequential (PyTorch `PREFIX.J`, Flax `layers_J`)."""
 
     blocks: tuple[Any, ...]
@@ -113,7 +104,7 @@ class Sequence(nn.Module):
 
 
 @dataclasses.dataclass(frozen=True)
-class C3Spec(_NoTaps):
+class C3Spec(SameSizeBlock):
     in_features: int
     out_features: int
     n: int = 1
@@ -181,7 +172,7 @@ class _C2fTensors:
 
 
 @dataclasses.dataclass(frozen=True)
-class C2fSpec(_C2fTensors, _NoTaps):
+class C2fSpec(_C2fTensors, SameSizeBlock):
     in_features: int
     out_features: int
     n: int = 1
@@ -200,7 +191,7 @@ class C2fSpec(_C2fTensors, _NoTaps):
 
 
 @dataclasses.dataclass(frozen=True)
-class C3k2Spec(_C2fTensors, _NoTaps):
+class C3k2Spec(_C2fTensors, SameSizeBlock):
     in_features: int
     out_features: int
     n: int = 1

@@ -24,11 +24,12 @@ import jax.numpy as jnp
 
 from ..layers import torch_keys as tk
 from ..layers.conv import LayerSettings
+from . import SameSizeBlock
 from .yolo_conv import yolo_conv, yolo_conv_tensors
 
 
 @dataclasses.dataclass(frozen=True)
-class PSABlockSpec:
+class PSABlockSpec(SameSizeBlock):
     """ultralytics `PSABlock(c, attn_ratio, num_heads, shortcut)` (a stride-1 block, channels kept)."""
 
     features: int
@@ -57,13 +58,6 @@ class PSABlockSpec:
     def qkv_features(self) -> int:
         return self.features + 2 * self.num_heads * self.key_dim
 
-    @property
-    def stride(self) -> int:
-        return 1
-
-    @property
-    def inner_taps(self) -> dict[str, int]:
-        return {}
 
     def module(self, settings: LayerSettings, name: str) -> nn.Module:
         if self.num_heads * self.head_dim != self.features:
@@ -115,7 +109,7 @@ class PSABlock(nn.Module):
 
 
 @dataclasses.dataclass(frozen=True)
-class C2psaSpec:
+class C2psaSpec(SameSizeBlock):
     """ultralytics `C2PSA(c1, c2, n=1, e=0.5)` (c2 must equal c1)."""
 
     in_features: int
@@ -137,13 +131,6 @@ class C2psaSpec:
         c = self.hidden
         return tuple(PSABlockSpec(c, 0.5, max(c // 64, 1), activation=self.activation) for _ in range(self.n))
 
-    @property
-    def stride(self) -> int:
-        return 1
-
-    @property
-    def inner_taps(self) -> dict[str, int]:
-        return {}
 
     def module(self, settings: LayerSettings, name: str) -> nn.Module:
         return C2PSA(self, settings, name=name)

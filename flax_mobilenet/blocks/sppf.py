@@ -17,12 +17,13 @@ import jax.numpy as jnp
 
 from ..layers import torch_keys as tk
 from ..layers.conv import LayerSettings
+from . import SameSizeBlock
 from .pooling import max_pool
 from .yolo_conv import yolo_conv, yolo_conv_tensors
 
 
 @dataclasses.dataclass(frozen=True)
-class SppfSpec:
+class SppfSpec(SameSizeBlock):
     in_features: int
     out_features: int
     kernel_size: int = 5
@@ -35,13 +36,6 @@ class SppfSpec:
     def hidden(self) -> int:
         return self.in_features // 2
 
-    @property
-    def stride(self) -> int:
-        return 1
-
-    @property
-    def inner_taps(self) -> dict[str, int]:
-        return {}
 
     def module(self, settings: LayerSettings, name: str) -> nn.Module:
         return SPPF(self, settings, name=name)

@@ -113,6 +113,26 @@ class OneTapHead:
         return {"x": self.tap}
 
 
+class MultiTapHead:
+    """For a head kind whose spec reads several maps (fields `in_features`, `feature_taps`, `strides`, then its
+    own): `on` and `taps` (roles '0', '1', ...: YOLO's P3, P4, P5)."""
+
+    in_features: tuple[int, ...]
+    feature_taps: tuple[str, ...]
+    strides: tuple[int, ...]
+
+    @classmethod
+    def on(cls, info: Mapping[str, object], taps: Sequence[str], *args, **options):
+        """The head on a model's maps `taps`, their channels and strides read from its `feature_info`."""
+        taps = tuple(taps)
+        return cls(tuple(channels_of(info, tap) for tap in taps), taps,
+                   tuple(int(getattr(info[tap], "stride")) for tap in taps), *args, **options)
+
+    @property
+    def taps(self) -> dict[str, str]:
+        return {str(i): tap for i, tap in enumerate(self.feature_taps)}
+
+
 from .deeplabv3 import DeepLabV3Spec  # noqa: E402  (head kinds import channels_of and OneTapHead above)
 from .fcn import FcnSpec  # noqa: E402
 from .lraspp import LrasppSpec  # noqa: E402
@@ -120,6 +140,5 @@ from .ssdlite import SsdliteSpec  # noqa: E402
 from .yolo_detect import YoloDetectSpec  # noqa: E402
 from .yolov5_detect import Yolov5DetectSpec  # noqa: E402
 
-__all__ = ["DeepLabV3Spec", "DenseHeads", "DetectionHead", "FcnSpec", "Head", "LrasppSpec", "OneTapHead", "SsdliteSpec", "YoloDetectSpec", "Yolov5DetectSpec",
-           "channels_of",
-           "resize_bilinear"]
+__all__ = ["DeepLabV3Spec", "DenseHeads", "DetectionHead", "FcnSpec", "Head", "LrasppSpec", "MultiTapHead",
+           "OneTapHead", "SsdliteSpec", "YoloDetectSpec", "Yolov5DetectSpec", "channels_of", "resize_bilinear"]

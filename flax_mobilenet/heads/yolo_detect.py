@@ -27,7 +27,7 @@ import numpy as np
 from ..detection.yolo_postprocess import YOLO_PRESETS, yolo_postprocess
 from ..layers import torch_keys as tk
 from ..layers.conv import ConvNormAct, LayerSettings, PointwiseConv
-from . import channels_of
+from . import MultiTapHead
 
 CLASS_BRANCHES = ("legacy", "yolo11")
 
@@ -70,7 +70,7 @@ def preset_postprocessor(postprocess: Callable, presets: Mapping[str, dict], pre
 
 
 @dataclasses.dataclass(frozen=True)
-class YoloDetectSpec:
+class YoloDetectSpec(MultiTapHead):
     task: ClassVar[str] = "detection"
     upsample: ClassVar[bool] = False  # the builder returns the per-anchor outputs as they are
     in_features: tuple[int, ...]  # channels of P3, P4, P5
@@ -87,27 +87,12 @@ class YoloDetectSpec:
         if not len(self.in_features) == len(self.feature_taps) == len(self.strides):
             raise ValueError("YOLO Detect: one channel count and stride per tap")
 
-    @classmethod
-    def on(cls, info: Mapping[str, object], taps: Sequence[str], torch_prefix: str, **options) -> "YoloDetectSpec":
-        """The head on a model's maps `taps` (P3, P4, P5), channels and strides read from its `feature_info`."""
-        taps = tuple(taps)
-        return cls(tuple(channels_of(info, tap) for tap in taps), taps,
-                   tuple(int(getattr(info[tap], "stride")) for tap in taps), torch_prefix, **options)
-
-    @property
-    def taps(self) -> dict[str, str]:
-        return {str(i): tap for i, tap in enumerate(self.feature_taps)}
-
     @property
     def box_features(self) -> int:
         return max(16, self.in_features[0] // 4, 4 * self.reg_max)
 
     def class_features(self, num_classes: int) -> int:
         return max(self.in_features[0], min(num_classes, 100))
-
-    def feature_sizes(self, image_size: Sequence[int]) -> list[tuple[int, int]]:
-        height, width = int(image_size[0]), int(image_size[1])
-        return [(-(-height // stride), -(-width // stride)) for stride in self.strides]
 
     def raw_outputs(self, num_classes: int) -> tuple[tuple[str, str], ...]:
         return (("predictions", f"(batch, anchors, 4 + {num_classes}) cx, cy, w, h in input pixels, then sigmoid "

@@ -24,7 +24,7 @@ import numpy as np
 from ..detection.yolo_postprocess import YOLOV5_PRESETS, yolov5_postprocess
 from ..layers import torch_keys as tk
 from ..layers.conv import LayerSettings, PointwiseConv
-from . import channels_of
+from . import MultiTapHead
 from .yolo_detect import preset_postprocessor
 
 # YOLOv5's default anchors (pixels; its YAMLs' P3/8, P4/16, P5/32 rows): three (w, h) per level.
@@ -38,7 +38,7 @@ def anchors_buffer(anchors: Sequence, strides: Sequence[int]) -> np.ndarray:
 
 
 @dataclasses.dataclass(frozen=True)
-class Yolov5DetectSpec:
+class Yolov5DetectSpec(MultiTapHead):
     task: ClassVar[str] = "detection"
     upsample: ClassVar[bool] = False
     in_features: tuple[int, ...]  # channels of P3, P4, P5
@@ -53,16 +53,6 @@ class Yolov5DetectSpec:
             raise ValueError("YOLOv5 Detect: one channel count, stride and anchor row per tap")
         if len({len(row) for row in self.anchors}) != 1:
             raise ValueError(f"YOLOv5 Detect: every level needs the same number of anchors, got {self.anchors}")
-
-    @classmethod
-    def on(cls, info: Mapping[str, object], taps: Sequence[str], torch_prefix: str, **options) -> "Yolov5DetectSpec":
-        taps = tuple(taps)
-        return cls(tuple(channels_of(info, tap) for tap in taps), taps,
-                   tuple(int(getattr(info[tap], "stride")) for tap in taps), torch_prefix, **options)
-
-    @property
-    def taps(self) -> dict[str, str]:
-        return {str(i): tap for i, tap in enumerate(self.feature_taps)}
 
     @property
     def anchors_per_level(self) -> int:
