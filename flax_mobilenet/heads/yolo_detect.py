@@ -109,7 +109,8 @@ class YoloDetectSpec(MultiTapHead):
         return preset_postprocessor(yolo_postprocess, YOLO_PRESETS, preset or self.postprocess_preset, options)
 
     def loss_fn(self, image_size: Sequence[int], **options) -> Callable:
-        raise NotImplementedError("training YOLO detectors (v8DetectionLoss) is not built yet")
+        raise NotImplementedError("training the anchor-free YOLO head (ultralytics' v8DetectionLoss) is not built "
+                                  "yet: these models convert, predict and export; train with SSDLite meanwhile")
 
     def bias_init(self, num_classes: int, stride: int) -> tuple[float, float]:
         """ultralytics' `bias_init`: box 2.0, class log(5 / nc / (640 / stride)^2)."""

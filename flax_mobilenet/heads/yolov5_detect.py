@@ -73,7 +73,8 @@ class Yolov5DetectSpec(MultiTapHead):
         return preset_postprocessor(yolov5_postprocess, YOLOV5_PRESETS, preset or self.postprocess_preset, options)
 
     def loss_fn(self, image_size: Sequence[int], **options) -> Callable:
-        raise NotImplementedError("training YOLOv5 detectors (ComputeLoss) is not built yet")
+        raise NotImplementedError("training the anchor-based YOLOv5 head (yolov5's ComputeLoss) is not built yet: "
+                                  "these models convert, predict and export; train with SSDLite meanwhile")
 
     def bias_init(self, num_classes: int, stride: int) -> np.ndarray:
         """yolov5's `_initialize_biases` on a zero bias: objectness log(8 / (640 / s)^2), classes
