@@ -17,20 +17,37 @@ the NMS inside; TFLite cannot convert the NMS).  torchvision's detections cannot
 compiled NMS op does not load (this CPU-only torch: tests/torch_reference.py); those cells say why, and the
 detections row is compared with the raw-outputs row instead (what our post-processing costs).
 
+YOLO detectors (ultralytics' DetectionModels and the seeds' hybrids with its Detect head, as
+tests/yolo_reference.py builds them) at 640x640 on uniform [0, 1) images: the raw row is our 'predictions'
+(N, A, 4 + nc) against ultralytics' eval output in PyTorch eager (Conv+BN fused, as its predictor runs it),
+ultralytics' own ONNX export (its `Exporter`, format='onnx', its defaults: fixed batch, its opset, onnxslim when
+installed) in ONNX Runtime, our ONNX export (any batch) and our TFLite export; the detections row (ultralytics'
+predict settings: conf 0.25, IoU 0.7, max_det 300) is ours `model.detect`, our ONNX export with the NMS inside,
+PyTorch eager followed by ultralytics' predict-path `non_max_suppression` (with its own TorchNMS: torchvision's
+compiled NMS does not load here) and ultralytics' nms=True ONNX export (its NMSModel; NonMaxSuppression).
+Detections are compared as sets of (box, score, label) rows: near-tied scores may come out in either order.
+The random reference weights are conditioned first (`condition_yolo`: BatchNorm statistics of two random images,
+the class biases shifted so that ~1% of the anchors pass conf 0.25); both sides get the same weights.
+
 Needs the dev and export requirements plus onnxscript (pip install -r requirements-export.txt onnxscript &&
 pip install --no-deps jax2onnx==0.17.1).
 
     python benchmarks/cpu_inference.py [--models mobilenet_v2 ...] [--batches 1 32] [--rounds 20]
 
 Default batches: 1 and 32 for classifiers, 1 for segmentation and detection models (a 520x520 batch of 32
-takes minutes per round on two cores); --batches applies to every model given.
+takes minutes per round on two cores); --batches applies to every model given; --batch-rounds B:R times batch
+B for R rounds instead (e.g. --batch-rounds 8:5 for YOLO at 640).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
 import ctypes
 import dataclasses
+import importlib.util
 import json
+import math
 import os
 import random
 import statistics
@@ -118,10 +135,15 @@ class ModelOutputs(torch.nn.Module):
 
 def onnx_session(model: "torch.nn.Module", batch: int, size: int, path: Path, output_names: Sequence[str]) -> Any:
     """The reference exported by `torch.onnx.export` in an ONNX Runtime session (every core, every optimization)."""
-    import onnxruntime as ort
     example = torch.zeros(batch, 3, size, size)
     torch.onnx.export(model, (example,), str(path), input_names=["images"], output_names=list(output_names),
                       dynamo=False)
+    return ort_session(path)
+
+
+def ort_session(path: Path) -> Any:
+    """An ONNX file in an ONNX Runtime session (every core, every optimization), as the reference's exports run."""
+    import onnxruntime as ort
     options = ort.SessionOptions()
     options.intra_op_num_threads = os.cpu_count() or 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -169,6 +191,7 @@ class Row:
     errors: dict[str, float]
     compile_s: float
     export_s: float
+    note: str = ""  # how the reference's export was made, where it matters
 
 
 def build_row(name: str, outputs: str, reference: ModelOutputs, variables: dict, images: np.ndarray,
@@ -219,16 +242,224 @@ def build_row(name: str, outputs: str, reference: ModelOutputs, variables: dict,
     return Row(outputs, runners, unavailable, errors, compile_s, export_s)
 
 
-def benchmark(name: str, batch: int, rounds: int, calls: int, workdir: Path, timed: tuple[str, ...] = RUNNERS) -> dict:
-    reference = ModelOutputs(reference_model(name)).eval()  # torch.onnx.export restores the mode it finds
-    task = fm.model_spec(name).task
+# ------------------------------------------------------------------------------------------------------ YOLO
+
+# Our YOLO models with ultralytics' anchor-free Detect head -> their reference's builder in tests/yolo_reference.py.
+YOLO_REFERENCES = {
+    "yolov8n": ("ultralytics_model", "yolov8n.yaml"), "yolov8s": ("ultralytics_model", "yolov8s.yaml"),
+    "yolov5nu": ("ultralytics_model", "yolov5nu.yaml"), "yolo11n": ("ultralytics_model", "yolo11n.yaml"),
+    "yolov8n_mobilenet_v2": ("seed004_model", "n"), "yolov8s_mobilenet_v2": ("seed004_model", "s"),
+}
+YOLO_CANDIDATES = 0.01  # the share of anchors whose best class scores above the predict confidence (`condition_yolo`)
+YOLO_PREDICT = dict(conf_thres=0.25, iou_thres=0.7, max_det=300)  # ultralytics' predict settings (= our preset)
+
+
+def condition_yolo(model: "torch.nn.Module", seed: int = 1) -> "torch.nn.Module":
+    """A copy of the YOLO reference with its random weights made fit for timing detections.
+
+    As built (PyTorch's default conv init, randomized BatchNorm statistics) the signal fades within a few layers:
+    every anchor of every image gets nearly the same class scores (all 8400 above 0.25, a few 1e-3 apart), so
+    the NMS meets its worst case (ultralytics' takes ~1 s per image) and which boxes it keeps hinges on rounding.
+    So each BatchNorm's running statistics become those of two random 640x640 images (train-mode forward,
+    cumulative average), and every class output bias is shifted by one constant so that YOLO_CANDIDATES of those
+    images' anchors score above 0.25 (84 per image on average).  Both sides run these weights (convert_state_dict)."""
+    model = copy.deepcopy(model)
+    calibration = torch.from_numpy(np.random.default_rng(seed).random((2, 3, 640, 640), dtype=np.float32))
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    momenta = [norm.momentum for norm in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # a cumulative average: exactly this batch's statistics
+    model.train()
+    with torch.no_grad():
+        model(calibration)
+    model.eval()
+    for norm, momentum in zip(norms, momenta):
+        norm.momentum = momentum
+    with torch.no_grad():
+        scores = model(calibration)[0][:, 4:]  # eval output (N, 4 + nc, A): class scores
+        best = torch.logit(scores.double()).amax(1).flatten()
+        shift = math.log(0.25 / 0.75) - float(torch.quantile(best, 1 - YOLO_CANDIDATES))
+        for branch in model.model[-1].cv3:
+            branch[-1].bias += shift
+    return model
+
+
+def as_ultralytics(model: "torch.nn.Module", pt_path: Path) -> "torch.nn.Module":
+    """`model` (a copy) with what ultralytics' Exporter and `fuse` read of a model they loaded: its task, its file
+    (the export is written beside it), and for the seeds' GraphModel a YAML dict, class names and BaseModel's
+    fuse (which fuses ultralytics' Conv modules, as for its own models)."""
+    import types
+    from ultralytics.nn.tasks import BaseModel
+    model = copy.deepcopy(model)
+    model.task, model.pt_path = "detect", str(pt_path)
+    if not isinstance(model, BaseModel):
+        model.yaml = {"channels": 3}
+        model.names = {i: str(i) for i in range(model.model[-1].nc)}
+        model.fuse = types.MethodType(BaseModel.fuse, model)
+        model.is_fused = types.MethodType(BaseModel.is_fused, model)
+        model.info = lambda *args, **kwargs: None
+    return model
+
+
+_TORCHVISION_OPS: list = []  # the torch.library.Library that defines torchvision::nms here (kept alive)
+
+
+def traceable_torchvision_nms() -> None:
+    """`torchvision.ops.nms` as torchvision's op `torchvision::nms`, so that ultralytics' nms=True export traces
+    it to ONNX's NonMaxSuppression (torchvision's own ONNX symbolic) as it does where torchvision's compiled ops
+    load.  Its kernel here, for the trace's one eager run only, is ultralytics' TorchNMS; ONNX Runtime runs its
+    own NonMaxSuppression."""
+    import torchvision.ops
+    from torchvision.ops import _register_onnx_ops
+    from ultralytics.utils.nms import TorchNMS
+    if not _TORCHVISION_OPS:
+        library = torch.library.Library("torchvision", "DEF")
+        library.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+        library.impl("nms", TorchNMS.nms, "CPU")
+        _register_onnx_ops._register_custom_op()
+        _TORCHVISION_OPS.append(library)
+    torchvision.ops.nms = lambda boxes, scores, iou_threshold: torch.ops.torchvision.nms(boxes, scores, iou_threshold)
+
+
+def ultralytics_onnx(model: "torch.nn.Module", batch: int, size: int, folder: Path, nms: bool = False) -> tuple[Path, str]:
+    """ultralytics' own ONNX export of `model`: its Exporter with format='onnx' and its defaults otherwise (fixed
+    batch, `best_onnx_opset`, Detect in export mode, C2f's split forward, onnxslim when installed); with `nms`,
+    its nms=True export (its NMSModel: the predict confidence 0.25, IoU 0.7, max_det 300, torchvision's NMS as
+    NonMaxSuppression, one per image).  The file and how it was made."""
+    import onnx
+    import torchvision.ops
+    from ultralytics.engine.exporter import Exporter
+    folder.mkdir(parents=True, exist_ok=True)
+    model = as_ultralytics(model, folder / "ultralytics.pt")
+    nms_op = torchvision.ops.nms
+    if nms:
+        traceable_torchvision_nms()
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            path = Path(Exporter(overrides=dict(format="onnx", imgsz=size, batch=batch, dynamic=False, nms=nms))(
+                model=model))
+    finally:
+        torchvision.ops.nms = nms_op
+    opset = next(o.version for o in onnx.load(str(path), load_external_data=False).opset_import if o.domain == "")
+    slim = (f"onnxslim {tflite_export.version('onnxslim')}" if importlib.util.find_spec("onnxslim")
+            else "onnxslim not installed: not slimmed")
+    return path, (f"ultralytics {tflite_export.version('ultralytics')} Exporter{', nms=True' if nms else ''}, "
+                  f"opset {opset}, {slim}")
+
+
+def detection_rows(detections: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Detections (boxes, scores, labels, num_valid, ...) as ultralytics' (n, 6) rows per image."""
+    boxes, scores, labels, num_valid = (np.asarray(a) for a in detections[:4])
+    return [np.concatenate([boxes[i, :n], scores[i, :n, None], labels[i, :n, None]], axis=1)
+            for i, n in enumerate(num_valid.tolist())]
+
+
+def detections_difference(ours: Sequence[np.ndarray], theirs: Sequence[np.ndarray]) -> tuple[float, int]:
+    """Two runtimes' detections, (n, 6) rows per image [x1, y1, x2, y2, score, label] (rows with score 0 are
+    padding): each of our rows paired with the other's row of the same label whose box is nearest, if within 1e-3
+    of the boxes' scale; the largest relative difference of the paired boxes and scores, and how many rows (both
+    sides) found no partner.  Pairs rather than rows in order: boxes whose scores differ by less than the
+    runtimes' rounding (1e-5 apart here) may come out in either order."""
+    worst, unpaired = 0.0, 0
+    for mine, rows in zip(ours, theirs):
+        mine, rows = np.asarray(mine, np.float64), np.asarray(rows, np.float64)
+        rows = rows[rows[:, 4] > 0]
+        if not len(mine) or not len(rows):
+            unpaired += len(mine) + len(rows)
+            continue
+        distance = np.abs(mine[:, None, :4] - rows[None, :, :4]).max(-1)  # (ours, theirs)
+        distance[mine[:, None, 5] != rows[None, :, 5]] = np.inf
+        nearest = distance.argmin(1)
+        close = distance[np.arange(len(mine)), nearest] <= 1e-3 * np.abs(mine[:, :4]).max()
+        candidates = np.flatnonzero(close)
+        paired = candidates[np.unique(nearest[candidates], return_index=True)[1]]  # one partner per row of theirs
+        unpaired += len(mine) + len(rows) - 2 * len(paired)
+        if len(paired):
+            worst = max(worst, relative_difference(mine[paired, :4], rows[nearest[paired], :4]),
+                        relative_difference(mine[paired, 4], rows[nearest[paired], 4]))
+    return worst, unpaired
+
+
+def yolo_rows(name: str, batch: int, workdir: Path) -> tuple[list[Row], int, float]:
+    """The raw and detections rows of a YOLO model (see the module docstring), built and checked."""
+    import torchvision.ops
+    import yolo_reference
+    from ultralytics.utils.nms import TorchNMS, non_max_suppression
+    builder, argument = YOLO_REFERENCES[name]
+    reference = condition_yolo(getattr(yolo_reference, builder)(argument))
+    torchvision.ops.nms = TorchNMS.nms  # ultralytics' own NMS, what it runs where torchvision is absent
     size = fm.weights_info(name).crop_size
-    variables = fm.convert_state_dict(name, reference.model.state_dict())
-    images = np.random.default_rng(0).standard_normal((batch, size, size, 3), dtype=np.float32)
-    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-        expected = [o.numpy() for o in reference(torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))))]
-    expected = [e.transpose(0, 2, 3, 1) if e.ndim == 4 else e for e in expected]  # ours are NHWC
-    rows = [build_row(name, outputs, reference, variables, images, expected, workdir) for outputs in OUTPUTS[task]]
+    variables = fm.convert_state_dict(name, yolo_reference.state_dict_numpy(reference))
+    images = np.random.default_rng(0).random((batch, size, size, 3), dtype=np.float32)  # pixels / 255
+    images_nchw = np.ascontiguousarray(images.transpose(0, 3, 1, 2))
+    images_torch = torch.from_numpy(images_nchw)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        reference(images_torch)
+    expected = yolo_reference.predictions(reference, images)  # (N, A, 4 + nc), the unfused model
+    fused = as_ultralytics(reference, workdir / "unused.pt").fuse(verbose=False)  # as ultralytics' predictor runs it
+
+    def run_torch() -> "torch.Tensor":
+        with torch.inference_mode():
+            return fused(images_torch)[0]
+
+    def run_torch_detect() -> list:
+        with torch.inference_mode():
+            return non_max_suppression(fused(images_torch)[0], **YOLO_PREDICT)
+
+    rows = []
+    for outputs in ("raw", "detections"):
+        folder = workdir / outputs
+        post = outputs == "detections"
+        start = time.perf_counter()
+        ours = (compile_detect(name, variables, batch, size) if post
+                else fm.compile_inference(name, variables, batch_size=batch, image_size=size))
+        compile_s = time.perf_counter() - start
+        runners: dict[str, Runner] = {"flax-mobilenet": lambda ours=ours: jax.block_until_ready(ours(images))}
+        unavailable: dict[str, str] = {}
+        start = time.perf_counter()
+        export_model(name, variables, folder / "onnx", batch_size=batch if post else None, image_size=size,
+                     format="onnx", postprocess=post)
+        export_s = time.perf_counter() - start
+        our_session = onnx_export.session(str(folder / "onnx" / "model.onnx"), threads=os.cpu_count() or 1)
+        runners["our-onnx"] = lambda session=our_session: session.run(None, {"images": images})
+        errors = {}
+        path, note = ultralytics_onnx(reference, batch, size, folder / "ultralytics", nms=post)
+        session = ort_session(path)
+        runners["onnxruntime"] = lambda session=session: session.run(None, {"images": images_nchw})
+        if post:
+            runners["pytorch"] = run_torch_detect
+            unavailable["our-tflite"] = NO_TFLITE_NMS
+            detections = detection_rows(arrays(ours(images)))
+            for key, theirs in (("our-onnx", detection_rows(runners["our-onnx"]())),
+                                ("pytorch", [d.numpy() for d in run_torch_detect()]),
+                                ("onnxruntime", runners["onnxruntime"]()[0])):
+                errors[key], unpaired = detections_difference(detections, theirs)
+                if unpaired and key == "onnxruntime":  # its NMSModel rounds the IoUs otherwise (see below)
+                    total = sum(map(len, detections)) + int((theirs[..., 4] > 0).sum())
+                    note += f"; {unpaired} of {total} boxes (ours + its) without a partner at batch {batch}"
+                elif unpaired:
+                    errors[key] = float("inf")
+                    print(f"{key}: {unpaired} boxes unpaired against ours", file=sys.stderr)
+        else:
+            export_model(name, variables, folder / "tflite", batch_size=batch, image_size=size, format="tflite",
+                         postprocess=False)
+            runners["pytorch"] = run_torch
+            runners["our-tflite"] = tflite_runner(folder / "tflite" / "model.tflite", images, ("predictions",))
+            got = {"flax-mobilenet": runners["flax-mobilenet"]()["predictions"],
+                   "our-onnx": runners["our-onnx"]()[0], "our-tflite": runners["our-tflite"]()[0],
+                   "onnxruntime": runners["onnxruntime"]()[0].transpose(0, 2, 1),
+                   "pytorch": run_torch().numpy().transpose(0, 2, 1)}
+            errors = {key: relative_difference(value, expected) for key, value in got.items()}
+        rows.append(Row(outputs, runners, unavailable, errors, compile_s, export_s, note))
+    return rows, size, counter.get_total_flops() / 1e9
+
+
+def benchmark(name: str, batch: int, rounds: int, calls: int, workdir: Path, timed: tuple[str, ...] = RUNNERS) -> dict:
+    if name in YOLO_REFERENCES:
+        rows, size, gflop = yolo_rows(name, batch, workdir)
+    else:
+        rows, size, gflop = reference_rows(name, batch, workdir)
     # Every runner of every row in one interleaved loop: a detections row and its raw row see the same noise.
     runners = {(row.outputs, key): run for row in rows for key, run in row.runners.items() if key in timed}
     for run in runners.values():  # warm-up
@@ -247,16 +478,31 @@ def benchmark(name: str, batch: int, rounds: int, calls: int, workdir: Path, tim
                 start = time.perf_counter()
                 run()
                 times[key].append(time.perf_counter() - start)
-    return dict(name=name, batch=batch, size=size, gflop=counter.get_total_flops() / 1e9, rows=[
-        dict(outputs=row.outputs, compile_s=row.compile_s, export_s=row.export_s, errors=row.errors,
+    return dict(name=name, batch=batch, size=size, gflop=gflop, rows=[
+        dict(outputs=row.outputs, compile_s=row.compile_s, export_s=row.export_s, errors=row.errors, note=row.note,
              error=max(row.errors.values()), unavailable=row.unavailable,
              **{key: statistics.median(times[row.outputs, key]) * 1e3 for key in row.runners if key in timed})
         for row in rows])
 
 
+def reference_rows(name: str, batch: int, workdir: Path) -> tuple[list[Row], int, float]:
+    """The rows of a torchvision or timm model, built and checked."""
+    reference = ModelOutputs(reference_model(name)).eval()  # torch.onnx.export restores the mode it finds
+    task = fm.model_spec(name).task
+    size = fm.weights_info(name).crop_size
+    variables = fm.convert_state_dict(name, reference.model.state_dict())
+    images = np.random.default_rng(0).standard_normal((batch, size, size, 3), dtype=np.float32)
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        expected = [o.numpy() for o in reference(torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))))]
+    expected = [e.transpose(0, 2, 3, 1) if e.ndim == 4 else e for e in expected]  # ours are NHWC
+    rows = [build_row(name, outputs, reference, variables, images, expected, workdir) for outputs in OUTPUTS[task]]
+    return rows, size, counter.get_total_flops() / 1e9
+
+
 def run_cell_in_own_process(name: str, batch: int, args: argparse.Namespace) -> dict:
     """A fresh process per cell: no cell inherits another's heap, thread pools or malloc settings."""
-    command = [sys.executable, __file__, "--cell", f"{name}:{batch}", "--rounds", str(args.rounds),
+    rounds = dict(args.batch_rounds or ()).get(batch, args.rounds)
+    command = [sys.executable, __file__, "--cell", f"{name}:{batch}", "--rounds", str(rounds),
                "--runners", *args.runners]
     command += ["--split-devices"] if args.split_devices else []
     command += ["--torch-threads", str(args.torch_threads)] if args.torch_threads else []
@@ -273,6 +519,9 @@ def main() -> None:
     parser.add_argument("--batches", nargs="+", type=int,
                         help="batch sizes for every model (default: 1 and 32 for classifiers, 1 for dense models)")
     parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--batch-rounds", nargs="+", metavar="BATCH:ROUNDS",
+                        type=lambda text: tuple(int(part) for part in text.split(":")),
+                        help="rounds for a batch size instead of --rounds (e.g. 8:4: YOLO at 640 is heavy at batch 8)")
     parser.add_argument("--runners", nargs="+", choices=RUNNERS, default=list(RUNNERS),
                         help="the runners to time (all of them are built and checked)")
     parser.add_argument("--split-devices", action="store_true", help="one JAX device per core (see inference.py)")
@@ -297,21 +546,24 @@ def main() -> None:
           f"ONNX Runtime: {os.cpu_count()} intra-op threads, all graph optimizations")
     print("| model | outputs | size | batch | flax-mobilenet ms | PyTorch eager ms | ONNX Runtime ms "
           "| our ONNX in ORT ms | our TFLite in LiteRT ms | PyTorch / ours | ours / ORT | our ONNX / ORT "
-          "| our TFLite / ORT | ours, our ONNX / model only | ours GFLOP/s (% peak) | compile s | max rel. diff |")
+          "| our TFLite / ORT | ours, our ONNX, PyTorch / model only | ours GFLOP/s (% peak) | compile s | max rel. diff |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    reasons: dict[str, list[str]] = {}
+    reasons: dict[str, dict[str, None]] = {}
+    notes: dict[str, list[str]] = {}
     for name in args.models:
         for batch in args.batches or DEFAULT_BATCHES[fm.model_spec(name).task]:
             cell = run_cell_in_own_process(name, batch, args)
             model_only = cell["rows"][0]
             for r in cell["rows"]:
+                if r["note"]:
+                    notes.setdefault(r["note"], []).append(f"{name} batch {batch}")
                 for key, reason in r["unavailable"].items():
-                    reasons.setdefault(reason, []).append(f"{key} ({name} {r['outputs']})")
+                    reasons.setdefault(reason, {})[f"{key} ({name} {r['outputs']})"] = None
                 ms = lambda key: f"{r[key]:.2f}" if key in r else "n/a" if key in r["unavailable"] else "-"  # noqa: E731
                 ratio = lambda a, b: f"{r[a] / r[b]:.2f}x" if a in r and b in r else "-"  # noqa: E731
                 # vs the model alone: what the post-processing costs, for each runtime that runs both
                 extra = (" / ".join(f"{r[k] / model_only[k]:.2f}x" if k in r and k in model_only else "-"
-                                    for k in ("flax-mobilenet", "our-onnx")) if r is not model_only else "-")
+                                    for k in ("flax-mobilenet", "our-onnx", "pytorch")) if r is not model_only else "-")
                 seconds = r.get("flax-mobilenet", 0.0) / 1e3  # the reference's conv/matmul FLOPs per call
                 achieved = (f"{cell['gflop'] / seconds:.0f} ({100 * cell['gflop'] / seconds / peak:.0f}%)"
                             if seconds and r is model_only else "-")
@@ -322,6 +574,8 @@ def main() -> None:
                       f"| {achieved} | {r['compile_s']:.1f} | {r['error']:.1e} |", flush=True)
     for reason, cells in reasons.items():
         print(f"n/a, {', '.join(cells)}: {reason}")
+    for note, cells in notes.items():
+        print(f"Reference ONNX, {', '.join(cells)}: {note}")
 
 
 if __name__ == "__main__":
