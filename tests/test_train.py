@@ -268,6 +268,7 @@ def test_divergence_stops_with_a_clear_message_and_keeps_the_good_checkpoint(tmp
     (["--config.model.name=mobilenet_v9"], "unknown model 'mobilenet_v9'"),
     (["--config.model.name=ssdlite320_mobilenet_v3_large"],
      "ssdlite320_mobilenet_v3_large is a detection model, but dataset 'digits' is for classification: use 'shapes'"),
+    (["--config.model.name=yolov8n", "--config.dataset=shapes"], "config.model: yolov8n does not take"),
     (["--config.dataset=no_such_dataset_xyz"], "no_such_dataset_xyz"),
     (["--config.batch_size=30"], "batch_size=30 must be a positive multiple of the 8 devices"),
     (["--config.model.num_classes=7"], "has 10 classes but config.model.num_classes=7"),

@@ -62,16 +62,17 @@ def check_workdir(workdir: str) -> Path:
 def validate_config(config: ml_collections.ConfigDict, info: input_pipeline.DatasetInfo) -> None:
     if config.model.name not in list_models():
         raise ConfigError(f"unknown model {config.model.name!r}; known: {', '.join(list_models())}")
+    task = model_spec(config.model.name).task
+    if task not in info.tasks:
+        raise ConfigError(f"{config.model.name} is a {task} model, but dataset {info.name!r} is for "
+                          f"{' and '.join(info.tasks)}: {input_pipeline.datasets_for(task)}")
     options = {k: v for k, v in config.model.items() if k not in ("name", "num_classes")}
     try:
-        task = model_spec(config.model.name, **options).task
+        model_spec(config.model.name, **options)
         if task == "detection":  # a head whose loss is not built yet says so here, before any work
             create_model(config.model.name, **options).loss_fn((64, 64))
     except (TypeError, ValueError, NotImplementedError) as error:
         raise ConfigError(f"config.model: {error}") from None
-    if task not in info.tasks:
-        raise ConfigError(f"{config.model.name} is a {task} model, but dataset {info.name!r} is for "
-                          f"{' and '.join(info.tasks)}: {input_pipeline.datasets_for(task)}")
     num_classes = config.model.get("num_classes")
     if num_classes not in (None, -1, info.num_classes):
         raise ConfigError(f"dataset {info.name!r} has {info.num_classes} classes but config.model.num_classes="
