@@ -43,15 +43,16 @@ __all__ = ["torch", "timm", "tv_models", "tv_segmentation"]
 import numpy as np  # noqa: E402
 
 
-def randomize_(model: "torch.nn.Module", seed: int = 0) -> "torch.nn.Module":
+def randomize_(model: "torch.nn.Module", seed: int = 0, keep=lambda name: False) -> "torch.nn.Module":
     """Give every bias, BN affine parameter and BN running statistic non-trivial values, eval mode.
 
-    Default inits leave biases at 0 and BN at identity, which would hide a mis-mapped tensor.
+    Default inits leave biases at 0 and BN at identity, which would hide a mis-mapped tensor.  `keep(name)`:
+    entries left as they are (constants of the architecture, e.g. ultralytics' DFL weights).
     """
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, tensor in model.state_dict().items():
-            if not tensor.is_floating_point():
+            if not tensor.is_floating_point() or keep(name):
                 continue
             noise = torch.randn(tensor.shape, generator=generator)
             if name.endswith("running_var"):

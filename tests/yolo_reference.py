@@ -41,7 +41,8 @@ for _name, _value in (("YOLO_CONFIG_DIR", _CONFIG_DIR), ("YOLOV5_CONFIG_DIR", _C
 
 import numpy as np  # noqa: E402
 
-from torch_reference import torch  # noqa: E402  (installs the torchvision stub first)
+import torch_reference  # noqa: E402  (installs the torchvision stub first)
+from torch_reference import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 # yolov5 reads `torchvision.datasets`, `.transforms` and `.ops` as attributes of the (stub) package: import them.
@@ -189,21 +190,7 @@ def randomize_yolo_(model: nn.Module, seed: int = 0) -> nn.Module:
     """torch_reference.randomize_ for YOLO models: biases and running means 0.1 * N(0, 1), BN scales 1 + 0.2 *
     N(0, 1), running variances U[0.5, 1.5), linear weights N(0, 1 / fan_in); conv weights keep their init, the
     DFL conv weight and yolov5's anchors are left untouched.  In place; returns the model in eval mode."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, tensor in model.state_dict().items():
-            if not tensor.is_floating_point() or _frozen_entry(name):
-                continue
-            noise = torch.randn(tensor.shape, generator=generator)
-            if name.endswith("running_var"):
-                tensor.copy_(0.5 + torch.rand(tensor.shape, generator=generator))
-            elif name.endswith("running_mean") or name.endswith("bias"):
-                tensor.copy_(0.1 * noise)
-            elif tensor.ndim == 1:  # BN scale
-                tensor.copy_(1.0 + 0.2 * noise)
-            elif tensor.ndim == 2:  # linear layers (seed 000's SE)
-                tensor.copy_(noise / tensor.shape[1] ** 0.5)
-    return model.eval()
+    return torch_reference.randomize_(model, seed, keep=_frozen_entry)
 
 
 # ------------------------------------------------------------------------------------------ official models
