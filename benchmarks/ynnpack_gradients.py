@@ -32,13 +32,13 @@ def _batch():
     if os.environ.get("YNN_CHECK_PIPELINE"):  # the trainer's first augmented batch of configs/v3_small_digits.py
         import importlib.util
 
-        from flax_mobilenet.training import input_pipeline
+        from flax_mobilenet.training.experiment import Experiment
         path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "v3_small_digits.py")
         spec = importlib.util.spec_from_file_location("digits_config", path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-        batch = next(input_pipeline.train_batches(module.get_config(), global_batch_size=BATCH, process_index=0,
-                                                  process_count=1))
+        batch = next(Experiment(module.get_config()).pipeline.train_batches(global_batch_size=BATCH,
+                                                                            process_index=0, process_count=1))
         return batch["image"].astype(np.float64), batch["label"].astype(np.int32)
     from sklearn.datasets import load_digits
 

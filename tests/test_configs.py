@@ -21,8 +21,8 @@ def test_config_builds_its_model(path):
     name = options.pop("name")
     assert name in fm.list_models()
     if options["num_classes"] == -1:  # the dataset's
-        from flax_mobilenet.training.input_pipeline import dataset_info
-        options["num_classes"] = dataset_info(config).num_classes
+        from flax_mobilenet.training.experiment import Experiment
+        options["num_classes"] = Experiment(config).num_classes
     model = fm.create_model(name, **options)
     size = config.image_size
     outputs, _ = jax.eval_shape(model.init_with_output, jax.random.key(0), np.zeros((1, size, size, 3), np.float32))

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flax_mobilenet.training import input_pipeline
-from flax_mobilenet.training.input_pipeline import DatasetError
+from flax_mobilenet.training.experiment import Experiment
+from flax_mobilenet.training.sources import DatasetError, datasets_for
 from flax_mobilenet.weights import COCO_LABELS, VOC_LABELS
 from test_dense_training import _config
 
@@ -117,15 +117,15 @@ def voc_root(tmp_path_factory):
 
 
 def _eval(config, batch=2, process_index=0, process_count=1):
-    return list(input_pipeline.eval_batches(config, global_batch_size=batch, process_index=process_index,
+    return list(Experiment(config).pipeline.eval_batches(global_batch_size=batch, process_index=process_index,
                                             process_count=process_count))
 
 
 def _assert_resumes(config, steps=6, batch=2):
     """Batch k is the same from start_step=k as after k batches from 0 (here across an epoch boundary)."""
-    stream = input_pipeline.train_batches(config, global_batch_size=batch, process_index=0, process_count=1)
+    stream = Experiment(config).pipeline.train_batches(global_batch_size=batch, process_index=0, process_count=1)
     straight = [next(stream) for _ in range(steps)]
-    resumed = next(input_pipeline.train_batches(config, global_batch_size=batch, process_index=0, process_count=1,
+    resumed = next(Experiment(config).pipeline.train_batches(global_batch_size=batch, process_index=0, process_count=1,
                                                 start_step=steps - 1))
     for key in straight[-1]:
         np.testing.assert_array_equal(straight[-1][key], resumed[key], err_msg=key)
@@ -135,7 +135,7 @@ def _assert_resumes(config, steps=6, batch=2):
 # ------------------------------------------------------------------------------------------------------------ COCO
 def test_coco_detection_boxes_crowds_and_training_filter(coco_root):
     config = _config(DETECTION, dataset=f"coco:{coco_root}", image_size=32, max_boxes=5)
-    info = input_pipeline.dataset_info(config)
+    info = Experiment(config).info
     assert (info.num_classes, info.class_names, info.tasks) == (91, COCO_LABELS, ("detection",))
     assert (info.num_train, info.num_eval, info.train_split, info.eval_split) == (8, 3, "train2017", "val2017")
     first, second = _eval(config)
@@ -162,7 +162,7 @@ def test_coco_detection_batches_resume_exactly(coco_root):
 
 def test_coco_segmentation_masks_from_polygons_and_rle(coco_root):
     config = _config(SEGMENTATION, dataset=f"coco:{coco_root}", image_size=48)
-    info = input_pipeline.dataset_info(config)
+    info = Experiment(config).info
     assert (info.num_classes, info.class_names, info.tasks) == (21, VOC_LABELS, ("segmentation",))
     assert (info.num_train, info.num_eval) == (7, 3)  # t2 (400 px of dog), t3, t4 have <= 1000 px of VOC classes
     first, second = _eval(config)
@@ -187,7 +187,7 @@ def test_coco_segmentation_batches_resume_exactly(coco_root):
 # ------------------------------------------------------------------------------------------------------------- VOC
 def test_voc_detection_boxes_and_difficult_objects(voc_root):
     config = _config(DETECTION, dataset=f"voc:{voc_root}", image_size=32, max_boxes=3)
-    info = input_pipeline.dataset_info(config)
+    info = Experiment(config).info
     assert (info.num_classes, info.class_names, info.num_train, info.num_eval) == (21, VOC_LABELS, 6, 1)
     (batch,) = _eval(config)
     # g (60x40): the dog's 1-based inclusive corners (11, 6)-(30, 25) are pixels 10..29 x 5..24; the cat is difficult
@@ -200,7 +200,7 @@ def test_voc_detection_boxes_and_difficult_objects(voc_root):
 
 def test_voc_segmentation_reads_palette_indices(voc_root):
     config = _config(SEGMENTATION, dataset=f"voc:{voc_root}", image_size=48)
-    info = input_pipeline.dataset_info(config)
+    info = Experiment(config).info
     assert (info.num_classes, info.num_train, info.num_eval, info.tasks) == (21, 4, 1, ("segmentation",))
     (batch,) = _eval(config)
     expected = np.zeros((48, 48), np.int32)
@@ -274,7 +274,7 @@ def _mock_tfds(name):
 def test_tfds_detection(name, num_classes):
     config = _config(DETECTION, dataset=name, image_size=32, max_boxes=3)
     with _mock_tfds(name):
-        info = input_pipeline.dataset_info(config)
+        info = Experiment(config).info
         assert (info.num_classes, info.tasks, info.class_names[0]) == (num_classes, ("detection",), "__background__")
         if name.startswith("voc"):
             assert info.class_names == VOC_LABELS
@@ -289,14 +289,14 @@ def test_tfds_detection(name, num_classes):
 def test_tfds_detection_datasets_refuse_segmentation_models():
     config = _config(SEGMENTATION, dataset="coco/2017", image_size=32)
     with _mock_tfds("coco/2017"), pytest.raises(DatasetError, match="no segmentation masks.*'coco:/path/to/coco'"):
-        input_pipeline.dataset_info(config)
+        Experiment(config).info
 
 
 # ---------------------------------------------------------------------------------------------------------- errors
 def test_errors_name_the_path_and_what_to_do(tmp_path, coco_root, voc_root):
     def error(dataset, path=DETECTION):
         with pytest.raises(DatasetError) as info:
-            input_pipeline.dataset_info(_config(path, dataset=dataset, image_size=32))
+            Experiment(_config(path, dataset=dataset, image_size=32)).info
         return str(info.value)
 
     assert "is not a folder" in error(f"coco:{tmp_path / 'nowhere'}") and "--config.dataset=coco:" in error(
@@ -313,9 +313,9 @@ def test_errors_name_the_path_and_what_to_do(tmp_path, coco_root, voc_root):
     assert "1 of the 6 files listed in" in message and "c.jpg" in message and str(broken / "JPEGImages") in message
 
     with pytest.raises(DatasetError, match="more than config.max_boxes=2"):
-        input_pipeline.dataset_info(_config(DETECTION, dataset=f"coco:{coco_root}", image_size=32, max_boxes=2))
+        Experiment(_config(DETECTION, dataset=f"coco:{coco_root}", image_size=32, max_boxes=2)).info
     with pytest.raises(DatasetError, match="not for a classification model"):
         config = _config("configs/v3_small_digits.py", dataset=f"voc:{voc_root}")
-        input_pipeline.dataset_info(config)
-    assert "coco:/path/to/coco" in input_pipeline.datasets_for("segmentation")
-    assert "'coco/2017'" in input_pipeline.datasets_for("detection")
+        Experiment(config).info
+    assert "coco:/path/to/coco" in datasets_for("segmentation")
+    assert "'coco/2017'" in datasets_for("detection")

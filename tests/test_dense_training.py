@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flax_mobilenet.training import input_pipeline, tasks
+from flax_mobilenet.training import tasks
+from flax_mobilenet.training.experiment import Experiment
 from flax_mobilenet.training.shapes import NUM_CLASSES
 from test_train import (ROOT, kill_after_checkpoint, read_jsonl, run_train,  # noqa: F401 (the autouse fixture)
                         shared_compilation_cache)
@@ -53,8 +54,9 @@ def test_segmentation_eval_counts_only_real_examples_and_labelled_pixels():
 def test_shapes_batches_resume_exactly_and_keep_labels_aligned(model):
     config = _config("configs/lraspp_shapes.py", image_size=64)
     config.model.name = model
-    batches = lambda start: input_pipeline.train_batches(  # noqa: E731
-        config, global_batch_size=8, process_index=0, process_count=1, start_step=start)
+    pipeline = Experiment(config).pipeline
+    batches = lambda start: pipeline.train_batches(  # noqa: E731
+        global_batch_size=8, process_index=0, process_count=1, start_step=start)
     stream = batches(0)
     first = [next(stream) for _ in range(3)]
     resumed = next(batches(2))
@@ -74,8 +76,8 @@ def test_shapes_batches_resume_exactly_and_keep_labels_aligned(model):
 
 def test_shapes_eval_batches_cover_every_example_once():
     config = _config("configs/ssdlite_shapes.py", image_size=64)
-    batches = list(input_pipeline.eval_batches(config, global_batch_size=64, process_index=0, process_count=1))
-    assert sum(b["mask"].sum() for b in batches) == input_pipeline.dataset_info(config).num_eval == 300
+    batches = list(Experiment(config).pipeline.eval_batches(global_batch_size=64, process_index=0, process_count=1))
+    assert sum(b["mask"].sum() for b in batches) == Experiment(config).info.num_eval == 300
     assert len(batches) == 5 and batches[-1]["mask"][:300 - 256].all() and not batches[-1]["mask"][44:].any()
 
 

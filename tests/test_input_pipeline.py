@@ -5,8 +5,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flax_mobilenet.training import augment, input_pipeline as ip
+from flax_mobilenet.training import augment, sources as ip
 from flax_mobilenet.training.defaults import base_config
+from flax_mobilenet.training.experiment import Experiment
+from flax_mobilenet.training.sources import digits_arrays
 
 tf = ip.tf
 
@@ -20,12 +22,12 @@ def digits_config(**augment_options):
 
 def take(config, n, batch=32, **kwargs):
     kwargs = {"process_index": 0, "process_count": 1, **kwargs}
-    return list(itertools.islice(ip.train_batches(config, global_batch_size=batch, **kwargs), n))
+    return list(itertools.islice(Experiment(config).pipeline.train_batches(global_batch_size=batch, **kwargs), n))
 
 
 def test_digits_split_shapes_and_normalization():
     config = digits_config()
-    info = ip.dataset_info(config)
+    info = Experiment(config).info
     assert (info.num_classes, info.num_train, info.num_eval) == (10, 1437, 360)
     batch = take(config, 1)[0]
     assert batch["image"].shape == (32, 32, 32, 3) and batch["image"].dtype == np.float32
@@ -63,15 +65,15 @@ def test_processes_split_each_global_batch():
 
 def test_eval_covers_every_example_once_with_masked_padding():
     config = digits_config()
-    batches = list(ip.eval_batches(config, global_batch_size=64, process_index=0, process_count=1))
+    batches = list(Experiment(config).pipeline.eval_batches(global_batch_size=64, process_index=0, process_count=1))
     assert len(batches) == 6  # 360 = 5 * 64 + 40
     assert [b["mask"].sum() for b in batches] == [64] * 5 + [40]
-    per_process = [list(ip.eval_batches(config, global_batch_size=64, process_index=p, process_count=2))
+    per_process = [list(Experiment(config).pipeline.eval_batches(global_batch_size=64, process_index=p, process_count=2))
                    for p in range(2)]
     assert len(per_process[0]) == len(per_process[1]) == 6
     assert sum(b["mask"].sum() for batches in per_process for b in batches) == 360
     labels = np.concatenate([b["label"][b["mask"] > 0] for b in batches])
-    assert np.bincount(labels).tolist() == np.bincount(ip._digits(config).eval[1]).tolist()
+    assert np.bincount(labels).tolist() == np.bincount(digits_arrays()[1][1]).tolist()
 
 
 def test_image_folder_labels_split_and_corrupt_file(tmp_path):
@@ -83,17 +85,17 @@ def test_image_folder_labels_split_and_corrupt_file(tmp_path):
             Image.fromarray(rng.integers(0, 255, (40 + i, 50, 3), np.uint8)).save(tmp_path / name / f"{i}{suffix}")
     config = base_config()
     config.dataset, config.image_size = f"folder:{tmp_path}", 32
-    info = ip.dataset_info(config)
+    info = Experiment(config).info
     assert info.num_classes == 2 and info.num_train + info.num_eval == 24 and info.num_eval > 0
     batch = take(config, 1, batch=8)[0]
     assert batch["image"].shape == (8, 32, 32, 3) and set(batch["label"]) <= {0, 1}  # ant=0, zebra=1
-    evaluated = list(ip.eval_batches(config, global_batch_size=4, process_index=0, process_count=1))
+    evaluated = list(Experiment(config).pipeline.eval_batches(global_batch_size=4, process_index=0, process_count=1))
     assert sum(b["mask"].sum() for b in evaluated) == info.num_eval
 
     (tmp_path / "ant" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
     with pytest.raises(ip.DatasetError, match="broken.jpg"):
-        take(config, ip.dataset_info(config).num_train, batch=1)  # a whole epoch reads every train file
-        list(ip.eval_batches(config, global_batch_size=4, process_index=0, process_count=1))
+        take(config, Experiment(config).info.num_train, batch=1)  # a whole epoch reads every train file
+        list(Experiment(config).pipeline.eval_batches(global_batch_size=4, process_index=0, process_count=1))
 
 
 @pytest.mark.parametrize("dataset, message", [
@@ -104,7 +106,7 @@ def test_unknown_datasets_are_named(dataset, message):
     config = base_config()
     config.dataset = dataset
     with pytest.raises(ip.DatasetError, match=message):
-        ip.dataset_info(config)
+        Experiment(config).info
 
 
 def test_empty_class_folder_is_named(tmp_path):
@@ -112,10 +114,10 @@ def test_empty_class_folder_is_named(tmp_path):
     config = base_config()
     config.dataset = f"folder:{tmp_path}"
     with pytest.raises(ip.DatasetError, match="cats holds no images"):
-        ip.dataset_info(config)
+        Experiment(config).info
     Image.new("RGB", (8, 8)).save(tmp_path / "cats" / "only.png")  # hashed into train: no eval image left
     with pytest.raises(ip.DatasetError, match="leaves no eval images"):
-        ip.dataset_info(config)
+        Experiment(config).info
 
 
 def test_tfds_mock_imagenet_train_resume_and_complete_eval():
@@ -125,10 +127,10 @@ def test_tfds_mock_imagenet_train_resume_and_complete_eval():
     config.dataset, config.image_size, config.shuffle_buffer_size = "imagenette", 64, 64
     config.augment.update(policy="autoaugment", random_erasing=0.2)
     with tfds.testing.mock_data(num_examples=20):
-        info = ip.dataset_info(config)
+        info = Experiment(config).info
         first = take(config, 4, batch=4)
         resumed = take(config, 1, batch=4, start_step=3)[0]
-        evaluated = list(ip.eval_batches(config, global_batch_size=8, process_index=0, process_count=1))
+        evaluated = list(Experiment(config).pipeline.eval_batches(global_batch_size=8, process_index=0, process_count=1))
     assert first[0]["image"].shape == (4, 64, 64, 3)
     np.testing.assert_array_equal(resumed["image"], first[3]["image"])
     assert sum(b["mask"].sum() for b in evaluated) == info.num_eval
@@ -167,8 +169,8 @@ def test_folder_splits_and_eval_match_torchvision_preprocessing(tmp_path):
         Image.fromarray(skimage_data.chelsea()).save(tmp_path / split / "cat" / "chelsea.png")
     config = base_config()
     config.dataset, config.image_size = f"folder:{tmp_path}", 224
-    info = ip.dataset_info(config)
+    info = Experiment(config).info
     assert (info.num_train, info.num_eval, info.eval_split) == (1, 1, "val")
-    batch = next(ip.eval_batches(config, global_batch_size=1, process_index=0, process_count=1))
+    batch = next(Experiment(config).pipeline.eval_batches(global_batch_size=1, process_index=0, process_count=1))
     expected = preprocess(load_image(tmp_path / "val" / "cat" / "chelsea.png"), 224)
     assert np.abs(batch["image"][0] - expected).max() <= 1 / (255 * min(IMAGENET_STD)) + 1e-6

@@ -103,8 +103,8 @@ def test_quickstart_reaches_95_percent_on_digits(digits_run):
 
 def held_out_digits(count):
     """Test-split digits as the 8x8 grey PNGs a user would hand to predict.py, with their labels."""
-    from flax_mobilenet.training.input_pipeline import _digits
-    images, labels = _digits(None).eval
+    from flax_mobilenet.training.sources import digits_arrays
+    images, labels = digits_arrays()[1]
     return images[:count, :, :, 0], labels[:count]
 
 

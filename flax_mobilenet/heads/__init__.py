@@ -43,6 +43,11 @@ class DetectionHead(Head, Protocol):
     """What a detection head kind adds: everything specific to it, so that predict, export and the trainer need
     no per-kind code.  Its module returns a dict of named raw outputs (N, anchors, ...)."""
 
+    background_class: bool  # class 0 is a background class (SSD), or every class is real (YOLO: dataset label - 1)
+    train_recipe: str  # its default training augmentation (`training.transforms.DETECTION_RECIPES`)
+    eval_postprocessing: Mapping[str, Any]  # the `postprocessor` options the trainer's mAP uses
+    best_metric: str  # what ranks a run's checkpoints ('eval_map': COCO's; 'eval_fitness': ultralytics')
+
     def raw_outputs(self, num_classes: int) -> tuple[tuple[str, str], ...]:
         """(name, meaning) of the outputs an export ships and checks numerically, in order (SSD:
         'bbox_regression', 'cls_logits'; YOLO: 'predictions').  Other keys `apply` returns are for training."""

@@ -50,6 +50,10 @@ class SsdliteSpec:
     topk_candidates: int = 300
     detections_per_img: int = 300
     upsample: ClassVar[bool] = False  # the builder returns the per-anchor outputs as they are
+    background_class: ClassVar[bool] = True  # class 0 is the background (torchvision): labels 1..nc-1
+    train_recipe: ClassVar[str] = "ssdlite"  # the default augmentation (training/transforms.DETECTION_RECIPES)
+    eval_postprocessing: ClassVar[Mapping[str, object]] = {}  # torchvision's thresholds
+    best_metric: ClassVar[str] = "eval_map"  # COCO mAP
 
     def __post_init__(self) -> None:
         counts = {len(self.in_features), len(self.feature_taps), len(self.strides), len(self.aspect_ratios)}

@@ -41,6 +41,10 @@ def anchors_buffer(anchors: Sequence, strides: Sequence[int]) -> np.ndarray:
 class Yolov5DetectSpec(MultiTapHead):
     task: ClassVar[str] = "detection"
     upsample: ClassVar[bool] = False
+    background_class: ClassVar[bool] = False  # nc real classes 0..nc-1; a dataset's label k is class k - 1
+    train_recipe: ClassVar[str] = "yolo"  # ultralytics' v8_transforms (training/transforms.DETECTION_RECIPES)
+    eval_postprocessing: ClassVar[Mapping[str, object]] = {"preset": "val"}  # mAP as the reference's validator computes it (conf 0.001)
+    best_metric: ClassVar[str] = "eval_fitness"  # ultralytics' fitness (8.4: its mAP50-95)
     in_features: tuple[int, ...]  # channels of P3, P4, P5
     feature_taps: tuple[str, ...]
     strides: tuple[int, ...]

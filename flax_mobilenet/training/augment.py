@@ -13,13 +13,14 @@ import tensorflow as tf
 Seed = tf.Tensor  # shape [2] int64, for tf.random.stateless_*
 
 
-def _uniform(seed: Seed, shape=(), low=0.0, high=1.0) -> tf.Tensor:
+def uniform(seed: Seed, shape=(), low=0.0, high=1.0) -> tf.Tensor:
+    """Uniform floats in [low, high), stateless (both augmentation modules draw with this)."""
     return tf.random.stateless_uniform(shape, seed, low, high)
 
 
-def _randint(seed: Seed, high: tf.Tensor) -> tf.Tensor:
-    """Uniform integer in [0, high)."""
-    return tf.minimum(tf.cast(_uniform(seed) * tf.cast(high, tf.float32), tf.int32), high - 1)
+def _randint_below(seed: Seed, high: tf.Tensor) -> tf.Tensor:
+    """Uniform integer in [0, high), from one uniform float."""
+    return tf.minimum(tf.cast(uniform(seed) * tf.cast(high, tf.float32), tf.int32), high - 1)
 
 
 def random_resized_crop(image: tf.Tensor, size: int, scale_min: float, seed: Seed,
@@ -28,8 +29,8 @@ def random_resized_crop(image: tf.Tensor, size: int, scale_min: float, seed: See
     seeds = tf.random.experimental.stateless_split(seed, 4)
     height, width = tf.shape(image)[0], tf.shape(image)[1]
     h_f, w_f = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
-    area = _uniform(seeds[0], (attempts,), scale_min, 1.0) * h_f * w_f
-    ratio = tf.exp(_uniform(seeds[1], (attempts,), math.log(3 / 4), math.log(4 / 3)))
+    area = uniform(seeds[0], (attempts,), scale_min, 1.0) * h_f * w_f
+    ratio = tf.exp(uniform(seeds[1], (attempts,), math.log(3 / 4), math.log(4 / 3)))
     crop_w = tf.cast(tf.round(tf.sqrt(area * ratio)), tf.int32)
     crop_h = tf.cast(tf.round(tf.sqrt(area / ratio)), tf.int32)
     fits = (crop_w > 0) & (crop_w <= width) & (crop_h > 0) & (crop_h <= height)
@@ -43,8 +44,8 @@ def random_resized_crop(image: tf.Tensor, size: int, scale_min: float, seed: See
     found = tf.reduce_any(fits)
     w = tf.where(found, crop_w[first], fallback_w)
     h = tf.where(found, crop_h[first], fallback_h)
-    top = tf.where(found, _randint(seeds[2], height - h + 1), (height - h) // 2)
-    left = tf.where(found, _randint(seeds[3], width - w + 1), (width - w) // 2)
+    top = tf.where(found, _randint_below(seeds[2], height - h + 1), (height - h) // 2)
+    left = tf.where(found, _randint_below(seeds[3], width - w + 1), (width - w) // 2)
     crop = image[top:top + h, left:left + w]
     return tf.image.resize(crop, (size, size), method="bilinear", antialias=True)
 
@@ -53,22 +54,22 @@ def random_erasing(image: tf.Tensor, probability: float, seed: Seed, attempts: i
     """torchvision RandomErasing(p, scale=(0.02, 0.33), ratio=(0.3, 3.3), value=0) on a normalized image."""
     seeds = tf.random.experimental.stateless_split(seed, 5)
     height, width = tf.shape(image)[0], tf.shape(image)[1]
-    area = tf.cast(height * width, tf.float32) * _uniform(seeds[0], (attempts,), 0.02, 0.33)
-    ratio = tf.exp(_uniform(seeds[1], (attempts,), math.log(0.3), math.log(3.3)))
+    area = tf.cast(height * width, tf.float32) * uniform(seeds[0], (attempts,), 0.02, 0.33)
+    ratio = tf.exp(uniform(seeds[1], (attempts,), math.log(0.3), math.log(3.3)))
     h = tf.cast(tf.round(tf.sqrt(area * ratio)), tf.int32)
     w = tf.cast(tf.round(tf.sqrt(area / ratio)), tf.int32)
     fits = (h < height) & (w < width)
     first = tf.argmax(tf.cast(fits, tf.int32), output_type=tf.int32)
     h, w = h[first], w[first]
-    top, left = _randint(seeds[2], height - h + 1), _randint(seeds[3], width - w + 1)
+    top, left = _randint_below(seeds[2], height - h + 1), _randint_below(seeds[3], width - w + 1)
     rows, cols = tf.range(height)[:, None], tf.range(width)[None, :]
     inside = (rows >= top) & (rows < top + h) & (cols >= left) & (cols < left + w)
-    erase = (_uniform(seeds[4]) < probability) & tf.reduce_any(fits)
+    erase = (uniform(seeds[4]) < probability) & tf.reduce_any(fits)
     return tf.where(erase & inside[..., None], tf.zeros_like(image), image)
 
 
 # ----------------------------------------------------------------------------- image operations (uint8 RGB)
-def _blend(degenerate: tf.Tensor, image: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
+def _pil_blend(degenerate: tf.Tensor, image: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
     """PIL ImageEnhance: degenerate + factor * (image - degenerate), clipped."""
     mixed = tf.cast(degenerate, tf.float32) + factor * (tf.cast(image, tf.float32) - tf.cast(degenerate, tf.float32))
     return tf.cast(tf.clip_by_value(tf.round(mixed), 0, 255), tf.uint8)
@@ -118,7 +119,7 @@ def _sharpness(image: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
     smooth = tf.cast(tf.clip_by_value(tf.round(smooth), 0, 255), tf.uint8)
     degenerate = tf.pad(smooth, [[1, 1], [1, 1], [0, 0]])
     border = tf.pad(tf.zeros_like(smooth, tf.bool), [[1, 1], [1, 1], [0, 0]], constant_values=True)
-    return _blend(tf.where(border, image, degenerate), image, factor)
+    return _pil_blend(tf.where(border, image, degenerate), image, factor)
 
 
 def _grayscale(image: tf.Tensor) -> tf.Tensor:
@@ -143,12 +144,12 @@ def _op(name: str, image: tf.Tensor, magnitude: tf.Tensor) -> tf.Tensor:
     if name == "Rotate":
         return _rotate(image, magnitude)
     if name == "Brightness":
-        return _blend(tf.zeros_like(image), image, 1.0 + magnitude)
+        return _pil_blend(tf.zeros_like(image), image, 1.0 + magnitude)
     if name == "Color":
-        return _blend(_grayscale(image), image, 1.0 + magnitude)
+        return _pil_blend(_grayscale(image), image, 1.0 + magnitude)
     if name == "Contrast":
         mean = tf.reduce_mean(tf.cast(_grayscale(image)[..., 0], tf.float32))
-        return _blend(tf.fill(tf.shape(image), tf.cast(tf.round(mean), tf.uint8)), image, 1.0 + magnitude)
+        return _pil_blend(tf.fill(tf.shape(image), tf.cast(tf.round(mean), tf.uint8)), image, 1.0 + magnitude)
     if name == "Sharpness":
         return _sharpness(image, 1.0 + magnitude)
     if name == "Posterize":
@@ -203,7 +204,7 @@ AUTOAUGMENT_IMAGENET = (
 
 def _signed(name: str, value: float, seed: Seed) -> tf.Tensor:
     value = tf.constant(value, tf.float32)
-    return tf.where(_uniform(seed) < 0.5, -value, value) if name in SIGNED else value
+    return tf.where(uniform(seed) < 0.5, -value, value) if name in SIGNED else value
 
 
 def _randaugment(image: tf.Tensor, seed: Seed, num_ops: int, magnitude: int) -> tf.Tensor:
@@ -211,7 +212,7 @@ def _randaugment(image: tf.Tensor, seed: Seed, num_ops: int, magnitude: int) -> 
         choice_seed, sign_seed = tf.unstack(tf.random.experimental.stateless_split(seed_op, 2))
         branches = [lambda name=name: _op(name, image, _signed(name, magnitude_bins(name, 31)[magnitude], sign_seed))
                     for name in RANDAUGMENT_OPS]
-        image = tf.switch_case(_randint(choice_seed, len(RANDAUGMENT_OPS)), branches)
+        image = tf.switch_case(_randint_below(choice_seed, len(RANDAUGMENT_OPS)), branches)
     return image
 
 
@@ -223,12 +224,12 @@ def _autoaugment(image: tf.Tensor, seed: Seed) -> tf.Tensor:
             out = image
             for (name, probability, bin_index), apply_seed, sign_seed in zip(ops, op_seeds[0::2], op_seeds[1::2]):
                 value = _signed(name, magnitude_bins(name, 10)[bin_index], sign_seed)
-                out = tf.cond(_uniform(apply_seed) < probability, lambda o=out, n=name, v=value: _op(n, o, v),
+                out = tf.cond(uniform(apply_seed) < probability, lambda o=out, n=name, v=value: _op(n, o, v),
                               lambda o=out: o)
             return out
         return apply
 
-    return tf.switch_case(_randint(choice_seed, len(AUTOAUGMENT_IMAGENET)),
+    return tf.switch_case(_randint_below(choice_seed, len(AUTOAUGMENT_IMAGENET)),
                           [sub_policy(ops) for ops in AUTOAUGMENT_IMAGENET])
 
 

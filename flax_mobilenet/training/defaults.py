@@ -32,7 +32,9 @@ def base_config() -> ml_collections.ConfigDict:
         random_erasing=0.0,  # probability
         scale_range=(0.5, 2.0),  # segmentation: random resize of the shorter side, x base_size (torchvision's)
         base_size=0,  # segmentation: the size scale_range multiplies (torchvision: 520, crop 480); 0: image_size
-        detection_recipe="ssdlite",  # detection: torchvision's 'ssdlite' (IoU crop, flip) or 'ssd' (+ colour, zoom out)
+        # detection: 'auto' (the head's own: SSD 'ssdlite', YOLO 'yolo'), torchvision's 'ssdlite' (IoU crop, flip) or
+        # 'ssd' (+ colour, zoom out), ultralytics' 'yolo' (mosaic, random perspective, HSV, flip)
+        detection_recipe="auto",
     ))
 
     config.num_epochs = 1

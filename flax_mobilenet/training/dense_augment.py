@@ -25,7 +25,8 @@ from typing import Optional, Sequence, Union
 
 import tensorflow as tf
 
-Seed = tf.Tensor  # shape [2] int64, for tf.random.stateless_*
+from .augment import Seed, uniform
+
 Size = Union[int, Sequence[int]]
 
 SSD_MEAN = (123.0, 117.0, 104.0)  # torchvision's detection references: the zoom-out fill
@@ -38,11 +39,7 @@ def _seeds(seed: Seed, n: int) -> list[tf.Tensor]:
     return tf.unstack(tf.random.experimental.stateless_split(seed, n))
 
 
-def _uniform(seed: Seed, shape=(), low=0.0, high=1.0) -> tf.Tensor:
-    return tf.random.stateless_uniform(shape, seed, low, high)
-
-
-def _randint(seed: Seed, low, high) -> tf.Tensor:
+def _randint_between(seed: Seed, low, high) -> tf.Tensor:
     """Uniform integer in [low, high) (int32 scalars, possibly tensors)."""
     return tf.random.stateless_uniform((), seed, minval=low, maxval=high, dtype=tf.int32)
 
@@ -162,8 +159,8 @@ def sample_iou_crop(boxes, labels, height, width, seed: Seed, *, sampler_options
     min_iou = tf.gather(options, tf.random.stateless_uniform((rounds,), option_seed, 0, len(sampler_options),
                                                              dtype=tf.int32))
     ok, top, left, crop_h, crop_w, within = iou_crop_candidates(
-        boxes, labels, height, width, min_iou[:, None], _uniform(scale_seed, (rounds, trials, 2)),
-        _uniform(position_seed, (rounds, trials, 2)), **limits)
+        boxes, labels, height, width, min_iou[:, None], uniform(scale_seed, (rounds, trials, 2)),
+        uniform(position_seed, (rounds, trials, 2)), **limits)
     done = (min_iou >= 1.0) | tf.reduce_any(ok, axis=-1)
     first = tf.argmax(tf.cast(done, tf.int32), output_type=tf.int32)
     trial = tf.argmax(tf.cast(ok[first], tf.int32), output_type=tf.int32)
@@ -220,10 +217,10 @@ def random_zoom_out(image, boxes, labels, seed: Seed, mask=None, *, fill=SSD_MEA
     apply_seed, ratio_seed, position_seed = _seeds(seed, 3)
     height, width = _hw(image)
     h_f, w_f = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
-    ratio = side_range[0] + _uniform(ratio_seed) * (side_range[1] - side_range[0])
+    ratio = side_range[0] + uniform(ratio_seed) * (side_range[1] - side_range[0])
     canvas_w, canvas_h = tf.floor(w_f * ratio), tf.floor(h_f * ratio)
-    position = _uniform(position_seed, (2,))
-    apply = _uniform(apply_seed) < p
+    position = uniform(position_seed, (2,))
+    apply = uniform(apply_seed) < p
     left = tf.where(apply, tf.cast(tf.floor((canvas_w - w_f) * position[0]), tf.int32), 0)
     top = tf.where(apply, tf.cast(tf.floor((canvas_h - h_f) * position[1]), tf.int32), 0)
     right = tf.where(apply, tf.cast(canvas_w, tf.int32) - left - width, 0)
@@ -252,7 +249,7 @@ def horizontal_flip(image, boxes=None, labels=None, mask=None):
 
 def random_horizontal_flip(image, boxes, labels, seed: Seed, mask=None, p: float = 0.5):
     """horizontal_flip with probability p (boxes/labels may be None for segmentation)."""
-    flip = _uniform(seed) < p
+    flip = uniform(seed) < p
     has_boxes, has_mask = boxes is not None, mask is not None
     if has_boxes:
         boxes, labels = _prepare(boxes, labels)
@@ -297,7 +294,7 @@ def _gray(image: tf.Tensor) -> tf.Tensor:
     return tf.floor(r * 0.2989 + g * 0.587 + b * 0.114)
 
 
-def _blend(image: tf.Tensor, other: tf.Tensor, ratio: tf.Tensor) -> tf.Tensor:
+def _torch_blend(image: tf.Tensor, other: tf.Tensor, ratio: tf.Tensor) -> tf.Tensor:
     """torchvision's _blend on uint8: image * ratio + other * (1 - ratio), clamped, truncated."""
     ratio = tf.cast(ratio, tf.float32)
     out = tf.cast(image, tf.float32) * ratio + tf.cast(other, tf.float32) * (1.0 - ratio)
@@ -310,11 +307,11 @@ def adjust_brightness(image, factor) -> tf.Tensor:
 
 
 def adjust_contrast(image, factor) -> tf.Tensor:
-    return _blend(image, tf.reduce_mean(_gray(image)), factor)
+    return _torch_blend(image, tf.reduce_mean(_gray(image)), factor)
 
 
 def adjust_saturation(image, factor) -> tf.Tensor:
-    return _blend(image, _gray(image)[..., None], factor)
+    return _torch_blend(image, _gray(image)[..., None], factor)
 
 
 def _rgb_to_hsv(image: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
@@ -365,17 +362,17 @@ def photometric_distort(image, seed: Seed, *, brightness=(0.875, 1.125), contras
     image = tf.convert_to_tensor(image)
 
     def maybe(apply_seed, factor_seed, low_high, kernel, image):
-        factor = _uniform(factor_seed, (), *low_high)
-        return tf.cond(_uniform(apply_seed) < p, lambda: kernel(image, factor), lambda: image)
+        factor = uniform(factor_seed, (), *low_high)
+        return tf.cond(uniform(apply_seed) < p, lambda: kernel(image, factor), lambda: image)
 
-    contrast_before = _uniform(s[8]) < 0.5
+    contrast_before = uniform(s[8]) < 0.5
     image = maybe(s[0], s[1], brightness, adjust_brightness, image)
     image = tf.cond(contrast_before, lambda: maybe(s[2], s[3], contrast, adjust_contrast, image), lambda: image)
     image = maybe(s[4], s[5], saturation, adjust_saturation, image)
     image = maybe(s[6], s[7], hue, adjust_hue, image)
     image = tf.cond(contrast_before, lambda: image, lambda: maybe(s[2], s[3], contrast, adjust_contrast, image))
-    permutation = tf.argsort(_uniform(s[9], (3,)))
-    return tf.cond(_uniform(s[10]) < p, lambda: tf.gather(image, permutation, axis=-1), lambda: image)
+    permutation = tf.argsort(uniform(s[9], (3,)))
+    return tf.cond(uniform(s[10]) < p, lambda: tf.gather(image, permutation, axis=-1), lambda: image)
 
 
 # ------------------------------------------------------------------------------------ segmentation
@@ -383,7 +380,7 @@ def random_resize(image, mask, seed: Seed, min_size: int, max_size: int, antiali
     """The segmentation reference's RandomResize: the shorter side to an integer uniform in [min_size,
     max_size] (the longer one int(size * long / short)); image bilinear (antialiased), mask nearest."""
     height, width = _hw(image)
-    short = _randint(seed, min_size, max_size + 1)
+    short = _randint_between(seed, min_size, max_size + 1)
     h64, w64, short64 = (tf.cast(x, tf.float64) for x in (height, width, short))
     new_h = tf.where(height <= width, short, tf.cast(tf.floor(short64 * h64 / w64), tf.int32))
     new_w = tf.where(height <= width, tf.cast(tf.floor(short64 * w64 / h64), tf.int32), short)
@@ -404,8 +401,8 @@ def random_crop(image, mask, seed: Seed, size: Size, fill=0, mask_fill: int = IG
     if mask is not None:
         mask = _pad(mask, 0, pad_h, 0, pad_w, mask_fill)
     top_seed, left_seed = _seeds(seed, 2)
-    top = _randint(top_seed, 0, height + pad_h - crop_h + 1)
-    left = _randint(left_seed, 0, width + pad_w - crop_w + 1)
+    top = _randint_between(top_seed, 0, height + pad_h - crop_h + 1)
+    left = _randint_between(left_seed, 0, width + pad_w - crop_w + 1)
     image, _, _, mask = crop(image, top, left, crop_h, crop_w, mask=mask)
     image = tf.ensure_shape(image, (crop_h, crop_w, 3))
     return image, None if mask is None else tf.ensure_shape(mask, (crop_h, crop_w))

@@ -37,13 +37,12 @@ import tensorflow as tf
 
 from ..weights import COCO_LABELS, VOC_LABELS
 from . import dense_augment
-from .input_pipeline import DatasetError, DatasetInfo, DenseSource
+from .sources import DatasetError, DatasetInfo, Example, Source
 
 # torchvision's references/segmentation CAT_LIST: the COCO category id of each VOC class (index = VOC label)
 COCO_VOC_CATEGORIES = (0, 5, 2, 16, 9, 44, 6, 3, 17, 62, 21, 67, 18, 19, 4, 1, 64, 20, 63, 7, 72)
 MIN_SEGMENTATION_AREA = 1000  # torchvision: COCO training images whose kept instances cover fewer pixels are left out
 DENSE_TASKS = ("segmentation", "detection")
-Row = tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]  # image, mask, boxes, labels
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,13 +59,14 @@ class Annotations:
     def __len__(self) -> int:
         return len(self.images)
 
-    def reader(self, max_boxes: int) -> Callable[[tf.Tensor], Row]:
-        """index -> (image, mask, boxes, labels) in graph ops, boxes padded to `max_boxes` rows (no mask: (0, 0))."""
+    def reader(self, max_boxes: int) -> Callable[[tf.Tensor], Example]:
+        """index -> the example (image, mask, boxes, labels) in graph ops, boxes padded to `max_boxes` rows (no mask:
+        (0, 0))."""
         paths, offsets = tf.constant(self.images), tf.constant(self.offsets)
         boxes, labels = tf.constant(self.boxes.reshape(-1, 4)), tf.constant(self.labels)
         mask_fn = self.mask
 
-        def read(index: tf.Tensor) -> Row:
+        def read(index: tf.Tensor) -> Example:
             image = tf.io.decode_image(tf.io.read_file(tf.gather(paths, index)), channels=3, expand_animations=False)
             start, end = offsets[index], offsets[index + 1]
             row_boxes, row_labels = dense_augment.pad_boxes(boxes[start:end], labels[start:end], max_boxes)
@@ -75,13 +75,13 @@ class Annotations:
             else:  # pycocotools / PIL: a pure function of the index, so deterministic in a parallel map
                 mask = tf.numpy_function(lambda i: mask_fn(int(i)), [index], tf.uint8, stateful=False)
                 mask = tf.ensure_shape(mask, [None, None])
-            return image, mask, row_boxes, row_labels
+            return {"image": image, "mask": mask, "boxes": row_boxes, "labels": row_labels}
 
         return read
 
 
 @dataclasses.dataclass
-class DenseFiles(DenseSource):
+class DenseFiles(Source):
     """A COCO or VOC folder read for one task (the class set differs: COCO detection has 91, segmentation 21)."""
 
     info: DatasetInfo
@@ -89,7 +89,7 @@ class DenseFiles(DenseSource):
     eval: Annotations
     max_boxes: int
 
-    def reader(self, split: str) -> Callable[[tf.Tensor], Row]:
+    def reader(self, split: str) -> Callable[[tf.Tensor], Example]:
         return (self.train if split == "train" else self.eval).reader(self.max_boxes)
 
     def files(self, split: str) -> np.ndarray:
@@ -109,12 +109,12 @@ def load(config, task: str) -> DenseFiles:
                    "voc:/data/VOCdevkit/VOC2012 (holding JPEGImages/, Annotations/, ImageSets/)")
         raise DatasetError(f"dataset {config.dataset!r}: {root} is not a folder; pass --config.dataset={example}")
     defaults = ("train2017", "val2017") if kind == "coco" else ("train", "val")
-    splits = (config.get("train_split") or defaults[0], config.get("eval_split") or defaults[1])
+    splits = (config.train_split or defaults[0], config.eval_split or defaults[1])
     read = _coco_split if kind == "coco" else _voc_split
     root = str(root.resolve())
     train, evaluation = read(root, splits[0], task, train=True), read(root, splits[1], task, train=False)
     names = COCO_LABELS if kind == "coco" and task == "detection" else VOC_LABELS  # COCO segmentation: VOC's 20
-    max_boxes = int(config.get("max_boxes", 100)) if task == "detection" else 0
+    max_boxes = int(config.max_boxes) if task == "detection" else 0
     _check_box_counts(train, max_boxes, splits[0])
     _check_box_counts(evaluation, max_boxes, splits[1])
     info = DatasetInfo(config.dataset, len(names), len(train), len(evaluation), *splits, names, (task,))

@@ -236,24 +236,26 @@ def concatenate_rows(parts: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.
     return out
 
 
-def _gather_to_all(local: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Every process's rows, concatenated in process order, on every process (a collective). Rows, D and M are
-    first padded to the maximum over processes, since `process_allgather` needs equal shapes."""
+def gather_to_all(local: dict[str, np.ndarray], fields: Mapping[str, tuple] = _FIELDS) -> dict[str, np.ndarray]:
+    """Every process's rows, concatenated in process order, on every process (a collective).  `fields`: name ->
+    (dtype, the axis that may differ between processes or None).  Rows and those axes are first padded to the
+    maximum over processes (padding rows: mask False), since `process_allgather` needs equal shapes."""
     if jax.process_count() == 1:
         return local
     from jax.experimental import multihost_utils
-    names = sorted(_FIELDS)
-    shape = np.array([local["mask"].shape[0], local["det_boxes"].shape[1], local["gt_boxes"].shape[1]], np.int64)
-    rows, d, m = np.asarray(multihost_utils.process_allgather(shape)).max(axis=0)
+    names = sorted(local)
+    growing = [name for name in names if fields[name][1] is not None]
+    sizes = np.array([local["mask"].shape[0], *(local[n].shape[fields[n][1]] for n in growing)], np.int64)
+    maxima = np.asarray(multihost_utils.process_allgather(sizes)).max(axis=0)
+    rows, width = int(maxima[0]), dict(zip(growing, (int(m) for m in maxima[1:])))
     padded = {}
     for name in names:
         x = local[name]
-        _, axis = _FIELDS[name]
-        if axis is not None:
-            x = _pad_axis(x, axis, int(d if name.startswith("det") else m))
-        padded[name] = _pad_axis(x, 0, int(rows))  # padding rows: mask False
+        if name in width:
+            x = _pad_axis(x, fields[name][1], width[name])
+        padded[name] = _pad_axis(x, 0, rows)
     gathered = multihost_utils.process_allgather(padded, tiled=True)
-    return {name: np.asarray(gathered[name], _FIELDS[name][0]) for name in names}
+    return {name: np.asarray(gathered[name], fields[name][0]) for name in names}
 
 
 def _xyxy_to_xywh(boxes: np.ndarray) -> np.ndarray:
@@ -355,7 +357,7 @@ class CocoDetectionEvaluator:
         arrays = self.local_arrays()
         if not arrays:
             raise ValueError("no batch was added")
-        arrays = _gather_to_all(arrays)
+        arrays = gather_to_all(arrays)
         if jax.process_count() == 1:
             return self.compute(arrays)
         from jax.experimental import multihost_utils

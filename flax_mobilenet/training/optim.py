@@ -18,7 +18,7 @@ SCHEDULES = ("step", "cosine", "poly", "constant")
 
 def peak_learning_rate(config: ml_collections.ConfigDict) -> float:
     """`learning_rate` is quoted per `base_batch_size` images and scaled linearly with the global batch."""
-    base = config.get("base_batch_size", 0)
+    base = config.base_batch_size
     return config.learning_rate * config.batch_size / base if base else config.learning_rate
 
 
@@ -26,7 +26,7 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: i
     """Linear warm-up from 0, then the recipe's decay counted in whole epochs (torch steps it per epoch)."""
     peak = peak_learning_rate(config)
     sched = config.lr_schedule
-    warmup_steps = int(round(sched.get("warmup_epochs", 0) * steps_per_epoch))
+    warmup_steps = int(round(sched.warmup_epochs * steps_per_epoch))
     if sched.name == "step":
         main = optax.exponential_decay(peak, transition_steps=max(1, int(sched.decay_epochs * steps_per_epoch)),
                                        decay_rate=sched.decay_rate, staircase=True)
@@ -35,7 +35,7 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: i
         main = optax.cosine_decay_schedule(peak, decay_steps=total)
     elif sched.name == "poly":  # torch's PolynomialLR stepped per iteration (the segmentation references)
         total = max(1, config.num_epochs * steps_per_epoch - warmup_steps)
-        main = optax.polynomial_schedule(peak, 0.0, power=sched.get("power", 0.9), transition_steps=total)
+        main = optax.polynomial_schedule(peak, 0.0, power=sched.power, transition_steps=total)
     elif sched.name == "constant":
         main = optax.constant_schedule(peak)
     else:
@@ -64,7 +64,7 @@ def frozen_modules(params: Any, frozen_layers: int) -> frozenset[str]:
 def create_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule,
                      params: Any) -> optax.GradientTransformation:
     """The recipe's optimizer; the modules `frozen_modules` names get no update (nor weight decay)."""
-    frozen = frozen_modules(params, config.get("frozen_layers", 0))
+    frozen = frozen_modules(params, config.frozen_layers)
     tx = _recipe_optimizer(config, schedule, params)
     if not frozen:
         return tx
@@ -76,14 +76,14 @@ def create_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule
 def _recipe_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule,
                       params: Any) -> optax.GradientTransformation:
     opt = config.optimizer
-    mask = decay_mask(params, config.get("weight_decay_skip_bn_bias", False))
-    clip = [optax.clip_by_global_norm(config.grad_clip_norm)] if config.get("grad_clip_norm") else []
+    mask = decay_mask(params, config.weight_decay_skip_bn_bias)
+    clip = [optax.clip_by_global_norm(config.grad_clip_norm)] if config.grad_clip_norm else []
     if opt.name == "adamw":
-        return optax.chain(*clip, optax.adamw(schedule, b1=opt.get("b1", 0.9), b2=opt.get("b2", 0.999),
-                                              eps=opt.get("eps", 1e-8), weight_decay=config.weight_decay,
+        return optax.chain(*clip, optax.adamw(schedule, b1=opt.b1, b2=opt.b2,
+                                              eps=opt.eps, weight_decay=config.weight_decay,
                                               mask=mask))
     if opt.name == "sgd":
-        direction = [optax.trace(decay=opt.momentum, nesterov=opt.get("nesterov", False))]
+        direction = [optax.trace(decay=opt.momentum, nesterov=opt.nesterov)]
     elif opt.name == "rmsprop":
         direction = [optax.scale_by_rms(decay=opt.decay, eps=opt.eps, eps_in_sqrt=False),
                      optax.trace(decay=opt.momentum)]

@@ -21,7 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from .evaluation import CocoDetectionEvaluator, confusion_matrix, segmentation_metrics
+from .box_ap import BOX_AP_FIELDS, BoxAP
+from .evaluation import CocoDetectionEvaluator, confusion_matrix, gather_to_all, segmentation_metrics
 
 Metrics = dict[str, jax.Array]
 Outputs = Union[jax.Array, dict[str, jax.Array]]
@@ -157,32 +158,46 @@ class Segmentation:
                 f"{100 * results[f'{prefix}_pixel_accuracy']:.2f}% loss {results[f'{prefix}_loss']:.4f}")
 
 
-class _Coco(Evaluation):
-    def __init__(self):
-        self.evaluator = CocoDetectionEvaluator()
+class _BoxMaps(Evaluation):
+    """Box mAP both ways users compare: the COCO API's (pycocotools) and ultralytics' validator's (`box_ap`:
+    its matching and 101-point `ap_per_class`, about 0.4 points below COCO's on COCO)."""
+
+    def __init__(self, label_offset: int):
+        self.coco, self.ultralytics = CocoDetectionEvaluator(), BoxAP()
+        self.label_offset = label_offset
 
     def add(self, outputs, batch) -> None:
-        self.evaluator.add_batch(outputs, mask=batch["mask"], gt_boxes=batch["boxes"], gt_labels=batch["labels"],
-                                 gt_valid=batch["box_mask"])
+        if self.label_offset:  # the model's classes 0..nc-1 are the dataset's labels 1..nc
+            outputs = outputs._replace(labels=outputs.labels + self.label_offset)
+        self.coco.add_batch(outputs, mask=batch["mask"], gt_boxes=batch["boxes"], gt_labels=batch["labels"],
+                            gt_valid=batch["box_mask"])
+        self.ultralytics.add_batch(outputs.boxes, outputs.scores, outputs.labels, outputs.num_valid,
+                                   gt_boxes=batch["boxes"], gt_labels=batch["labels"], gt_valid=batch["box_mask"],
+                                   mask=batch["mask"])
 
     def result(self, expected_examples: int) -> dict[str, float]:
-        counted = int(self.evaluator.local_arrays()["mask"].sum())
+        counted = int(self.coco.local_arrays()["mask"].sum())
         if jax.process_count() == 1 and counted != expected_examples:
             raise RuntimeError(f"evaluated {counted} examples, expected {expected_examples}")
-        stats = self.evaluator.evaluate()
+        stats = self.coco.evaluate()
+        ours = self.ultralytics.compute(gather_to_all(self.ultralytics.local_arrays(), BOX_AP_FIELDS))
         return {"map": stats["AP"], "map50": stats["AP50"], "map75": stats["AP75"], "map_small": stats["APs"],
-                "map_medium": stats["APm"], "map_large": stats["APl"]}
+                "map_medium": stats["APm"], "map_large": stats["APl"], "ul_map": ours["map"],
+                "ul_map50": ours["map50"], "ul_precision": ours["precision"], "ul_recall": ours["recall"],
+                "fitness": ours["fitness"]}
 
 
 @dataclasses.dataclass(frozen=True)
 class Detection:
-    """The detection head's own loss (`model.loss_fn`: SSD's matching and hard-negative mining, ...); COCO box mAP
-    of the post-processed detections (pycocotools)."""
+    """The detection head's own loss (`model.loss_fn`: SSD's matching and hard-negative mining, ...); box mAP of the
+    post-processed detections as the COCO API and ultralytics compute it.  Checkpoints rank by the COCO mAP, or for
+    heads ported from ultralytics by its fitness (8.4: mAP50-95 of its validator)."""
 
     name = "detection"
-    best_metric = "eval_map"
     head_loss: Any = None  # (outputs, batch) -> (loss, metrics), the head's for the training image size
     postprocess: Any = None  # raw outputs -> Detections at the eval image size
+    label_offset: int = 0  # dataset label = detection label + offset (1 for heads without a background class)
+    best_metric: str = "eval_map"
 
     def loss(self, outputs: Outputs, batch: Metrics) -> tuple[jax.Array, Metrics]:
         return self.head_loss(outputs, batch)
@@ -191,12 +206,14 @@ class Detection:
         return self.postprocess(jax.tree.map(lambda y: y.astype(jnp.float32), outputs))
 
     def evaluation(self) -> Evaluation:
-        return _Coco()
+        return _BoxMaps(self.label_offset)
 
     @staticmethod
     def describe(results: dict[str, float], prefix: str = "eval") -> str:
         return (f"box mAP {100 * results[f'{prefix}_map']:.2f} mAP@0.5 {100 * results[f'{prefix}_map50']:.2f} "
-                f"mAP@0.75 {100 * results[f'{prefix}_map75']:.2f}")
+                f"mAP@0.75 {100 * results[f'{prefix}_map75']:.2f} (COCO API); mAP50-95 "
+                f"{100 * results[f'{prefix}_ul_map']:.2f} mAP50 {100 * results[f'{prefix}_ul_map50']:.2f} "
+                f"(ultralytics' validator)")
 
 
 Task = Union[Classification, Segmentation, Detection]
@@ -210,6 +227,8 @@ def create_task(task: str, model: Any, num_classes: int, image_size: int, label_
     if task == "segmentation":
         return Segmentation(num_classes)
     if task == "detection":
-        size = (image_size, image_size)
-        return Detection(model.loss_fn(size), model.postprocessor(size))
+        size, head = (image_size, image_size), model.detection_head
+        return Detection(model.loss_fn(size), model.postprocessor(size, **head.eval_postprocessing),
+                         label_offset=0 if head.background_class else 1,
+                         best_metric=head.best_metric)
     raise ValueError(f"unknown task {task!r}; known: {', '.join(TASKS)}")

@@ -3,47 +3,31 @@ from __future__ import annotations
 
 import collections
 import functools
-import json
 import itertools
+import json
 import math
 import os
 import shutil
-import signal
 import time
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
-from ..registry import create_model, list_models, model_spec
-from . import input_pipeline, optim, steps, tasks
-from .checkpoints import TrainingCheckpoints, merge_backbone, merge_pretrained, read_pretrained
-
-PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: the job did not finish; rerunning the same command resumes it
-METRICS_FILE = "metrics.jsonl"
-TRAIN_METRICS_FILE = "train_metrics.jsonl"
-
-
-class ConfigError(ValueError):
-    """A config value that cannot work, named with the fix."""
+from ..checkpoint import METADATA_FILE
+from . import optim, restore, steps
+from .checkpoints import TrainingCheckpoints
+from .experiment import ConfigError, Experiment
+from .reporting import (METRICS_FILE, TRAIN_METRICS_FILE, JsonLines, Scalars, StopWatch, Stopped, is_main_process, log,
+                        progress_bar)
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN/inf; the checkpoints written before stay the latest."""
-
-
-class Preempted(SystemExit):
-    def __init__(self):
-        super().__init__(PREEMPTED_EXIT_CODE)
-
-
-def is_main_process() -> bool:
-    return jax.process_index() == 0
 
 
 def check_workdir(workdir: str) -> Path:
@@ -59,44 +43,6 @@ def check_workdir(workdir: str) -> Path:
     return path
 
 
-def validate_config(config: ml_collections.ConfigDict, info: input_pipeline.DatasetInfo) -> None:
-    if config.model.name not in list_models():
-        raise ConfigError(f"unknown model {config.model.name!r}; known: {', '.join(list_models())}")
-    task = model_spec(config.model.name).task
-    if task not in info.tasks:
-        raise ConfigError(f"{config.model.name} is a {task} model, but dataset {info.name!r} is for "
-                          f"{' and '.join(info.tasks)}: {input_pipeline.datasets_for(task)}")
-    options = {k: v for k, v in config.model.items() if k not in ("name", "num_classes")}
-    try:
-        model_spec(config.model.name, **options)
-        if task == "detection":  # a head whose loss is not built yet says so here, before any work
-            create_model(config.model.name, **options).loss_fn((64, 64))
-    except (TypeError, ValueError, NotImplementedError) as error:
-        raise ConfigError(f"config.model: {error}") from None
-    num_classes = config.model.get("num_classes")
-    if num_classes not in (None, -1, info.num_classes):
-        raise ConfigError(f"dataset {info.name!r} has {info.num_classes} classes but config.model.num_classes="
-                          f"{num_classes}; set it to {info.num_classes} (or -1 to take it from the dataset)")
-    devices, processes = jax.device_count(), jax.process_count()
-    for key in ("batch_size", "eval_batch_size"):
-        value = config.get(key) or config.batch_size
-        if value <= 0 or value % devices:
-            raise ConfigError(f"config.{key}={value} must be a positive multiple of the {devices} devices "
-                              f"({processes} process(es)); e.g. {max(devices, value // devices * devices)}")
-    if not config.eval_only and info.num_train < config.batch_size:
-        raise ConfigError(f"config.batch_size={config.batch_size} exceeds the {info.num_train} training examples "
-                          f"of {info.name!r}")
-    for key in ("checkpoint_every_steps", "eval_every_steps", "log_every_steps"):
-        if config.get(key, 1) <= 0:
-            raise ConfigError(f"config.{key} must be positive, got {config.get(key)}")
-
-
-def build_model(config: ml_collections.ConfigDict, num_classes: int):
-    options = {k: v for k, v in config.model.items() if k not in ("name", "num_classes")}
-    dtype = jnp.bfloat16 if config.half_precision else jnp.float32
-    return create_model(config.model.name, num_classes=num_classes, dtype=dtype, **options)
-
-
 def _device_batches(batches: Iterator[dict[str, np.ndarray]], sharding: NamedSharding,
                     depth: int = 2) -> Iterator[dict[str, jax.Array]]:
     """Assemble each process's rows into global arrays, keeping `depth` batches in flight to the devices."""
@@ -109,136 +55,62 @@ def _device_batches(batches: Iterator[dict[str, np.ndarray]], sharding: NamedSha
         yield queue.popleft()
 
 
-class _PreemptionWatch:
-    """Turns SIGTERM (TPU preemption, `kill`) into a save-and-exit at the next step boundary."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, signum, frame):
-        self.requested = True
-
-    def should_stop(self) -> bool:
-        if jax.process_count() == 1:
-            return self.requested
-        return bool(np.any(multihost_utils.process_allgather(np.array(self.requested))))
-
-    def restore(self):
-        signal.signal(signal.SIGTERM, self._previous)
-
-
-class _JsonLines:
-    """Append-only JSON lines written by the main process; resuming drops lines past the restored step."""
-
-    def __init__(self, path: Path, resume_step: int):
-        self.path = path
-        if is_main_process() and path.exists():
-            kept = [line for line in path.read_text().splitlines()
-                    if line.strip() and json.loads(line)["step"] <= resume_step]
-            path.write_text("".join(line + "\n" for line in kept))
-
-    def write(self, record: dict[str, Any]) -> None:
-        if is_main_process():
-            with self.path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
-
-
 class Trainer:
+    """The step loop (`train`) around pure steps (`steps.py`); evaluation (`evaluate`); where the state comes
+    from is `restore.py`'s policy, what is written besides checkpoints `reporting.py`'s."""
+
     def __init__(self, config: ml_collections.ConfigDict, workdir: str):
         self.config = config
         self.workdir = check_workdir(workdir)
-        self.info = input_pipeline.dataset_info(config)
-        validate_config(config, self.info)
-        self.log(f"{config.model.name} on {self.info.name} ({self.info.num_train} train / {self.info.num_eval} eval "
-                 f"examples): {data_parallel_environment()}")
-        self.model = build_model(config, self.info.num_classes)
-        self.task = tasks.create_task(model_spec(config.model.name).task, self.model, self.info.num_classes,
-                                      config.image_size, config.get("label_smoothing", 0.0))
+        self.experiment = Experiment(config)
+        self.experiment.validate()
+        self.info, self.pipeline = self.experiment.info, self.experiment.pipeline
+        log(f"{config.model.name} on {self.info.name} ({self.info.num_train} train / {self.info.num_eval} eval "
+            f"examples): {data_parallel_environment()}")
+        self.model = self.experiment.build_model()
+        self.task = self.experiment.task(self.model)
+        restore.check_workdir_model(self.workdir, config, self.experiment.num_classes)
         self.mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
         self.replicated = NamedSharding(self.mesh, PartitionSpec())
         self.data_sharding = NamedSharding(self.mesh, PartitionSpec("data"))
-        self.steps_per_epoch = self.info.num_train // config.batch_size
+        self.steps_per_epoch = self.pipeline.steps_per_epoch(config.batch_size)
         self.num_steps = (config.num_train_steps if config.num_train_steps > 0
                           else config.num_epochs * self.steps_per_epoch)
         self.schedule = optim.learning_rate_schedule(config, self.steps_per_epoch)
-        self.use_ema = bool(config.get("ema_decay", 0.0))
+        self.use_ema = bool(config.ema_decay)
 
         param_shapes = jax.eval_shape(self.model.init, jax.random.key(0),
                                       jnp.zeros((1, config.image_size, config.image_size, 3)))["params"]
         try:
-            frozen = optim.frozen_modules(param_shapes, config.get("frozen_layers", 0))
+            frozen = optim.frozen_modules(param_shapes, config.frozen_layers)
         except ValueError as error:
             raise ConfigError(f"config.{error}") from error
         if frozen:
-            self.log(f"frozen_layers={len(frozen)}: features_0..features_{len(frozen) - 1} keep their weights")
+            log(f"frozen_layers={len(frozen)}: features_0..features_{len(frozen) - 1} keep their weights")
         self.tx = optim.create_optimizer(config, self.schedule, param_shapes)
         self._init = jax.jit(functools.partial(steps.create_train_state, self.model, self.tx,
                                                image_size=config.image_size, use_ema=self.use_ema),
                              out_shardings=self.replicated)
         self._train_step = jax.jit(
             functools.partial(steps.train_step, model=self.model, task=self.task, tx=self.tx, schedule=self.schedule,
-                              ema_decay=config.get("ema_decay", 0.0), frozen=frozen),
+                              ema_decay=config.ema_decay, frozen=frozen),
             in_shardings=(self.replicated, self.data_sharding), out_shardings=(self.replicated, self.replicated),
             donate_argnums=0)
         self._eval_step = jax.jit(functools.partial(steps.eval_step, model=self.model, task=self.task),
                                   in_shardings=(self.replicated, self.replicated, self.data_sharding),
                                   out_shardings=self.replicated)
-        self.checkpoints = TrainingCheckpoints(self.workdir, keep=config.get("keep_checkpoints", 3),
-                                               async_save=config.get("async_checkpointing", True))
+        self.checkpoints = TrainingCheckpoints(self.workdir, keep=config.keep_checkpoints,
+                                               async_save=config.async_checkpointing)
 
-    # ----------------------------------------------------------------------------------------------- state
     def initial_state(self) -> tuple[steps.TrainState, int]:
-        """Resume from the workdir's latest checkpoint (eval_only: its best), else start fresh (from `init_from`
-        if set)."""
-        state = self._init(jax.random.key(self.config.seed))
-        latest = self.checkpoints.latest_step()
-        if latest is not None:
-            best = self.checkpoints.best_step() if self.config.eval_only else None
-            step = latest if best is None else best
-            self.log(f"{'evaluating' if self.config.eval_only else 'resuming from'} "
-                     f"{self.checkpoints.directory / str(step)}" + (" (the best step)" if best is not None else ""))
-            return self.checkpoints.restore(step, state), step
-        if self.config.get("init_from"):
-            state = self._load_pretrained(state)
-        return state, 0
-
-    def _load_pretrained(self, state: steps.TrainState) -> steps.TrainState:
-        try:
-            pretrained = read_pretrained(self.config.init_from)
-        except ValueError as error:
-            raise ConfigError(str(error)) from error
-        expected, stored = self.config.model.name, pretrained.metadata.get("model")
-        backbone_only = (stored not in (None, expected) and stored in list_models()
-                         and model_spec(stored).task == "classification"
-                         and model_spec(expected).task != "classification")
-        if stored not in (None, expected) and not backbone_only:
-            raise ConfigError(f"init_from={self.config.init_from} holds a {stored} checkpoint, but "
-                              f"config.model.name is {expected}: set --config.model.name={stored}")
-        self.log(f"init_from: {pretrained.description}")
-        fresh = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
-        try:
-            if backbone_only:
-                merged, fresh_modules = merge_backbone(fresh, pretrained.variables)
-                self.log(f"init_from: {stored}'s layers as the backbone of {expected}; fresh: "
-                         f"{', '.join(fresh_modules)}")
-            else:
-                merged, kept_fresh = merge_pretrained(fresh, pretrained.variables)
-                if kept_fresh:
-                    self.log(f"init_from: new head for {self.info.num_classes} classes ({', '.join(kept_fresh)})")
-        except ValueError as error:
-            raise ConfigError(f"init_from={self.config.init_from} ({stored or 'unknown model'}): {error}") from error
-        merged = jax.device_put(merged, self.replicated)
-        tx_state = jax.jit(self.tx.init, out_shardings=self.replicated)(merged["params"])
-        ema = (merged["params"], merged["batch_stats"]) if self.use_ema else (None, None)
-        return state.replace(params=merged["params"], batch_stats=merged["batch_stats"], opt_state=tx_state,
-                             ema_params=ema[0], ema_batch_stats=ema[1])
+        return restore.initial_state(self.config, self.checkpoints, self._init(jax.random.key(self.config.seed)),
+                                     self.tx.init, self.use_ema, self.replicated, self.experiment.num_classes)
 
     # ------------------------------------------------------------------------------------------------ eval
     def evaluate(self, state: steps.TrainState) -> dict[str, float]:
-        batches = input_pipeline.eval_batches(
-            self.config, global_batch_size=self.config.get("eval_batch_size") or self.config.batch_size,
-            process_index=jax.process_index(), process_count=jax.process_count())
+        """The task's metrics on the whole eval split, for the weights and (with EMA) their average."""
+        batches = self.pipeline.eval_batches(global_batch_size=self.config.eval_batch_size or self.config.batch_size,
+                                             process_index=jax.process_index(), process_count=jax.process_count())
         weights = [("eval", state.params, state.batch_stats)]
         if self.use_ema:
             weights.append(("eval_ema", state.ema_params, state.ema_batch_stats))
@@ -253,32 +125,28 @@ class Trainer:
         return results
 
     # ----------------------------------------------------------------------------------------------- train
-    @staticmethod
-    def log(message: str) -> None:
-        if is_main_process():
-            print(message, flush=True)
-
     def train(self) -> dict[str, Any]:
         config, started = self.config, time.time()
         state, start_step = self.initial_state()
         if config.eval_only:
             return self._eval_only(state, start_step)
-        metrics_log = _JsonLines(self.workdir / METRICS_FILE, start_step)
-        train_log = _JsonLines(self.workdir / TRAIN_METRICS_FILE, start_step)
-        writer = self._summary_writer()
+        metrics_log = JsonLines(self.workdir / METRICS_FILE, start_step)
+        train_log = JsonLines(self.workdir / TRAIN_METRICS_FILE, start_step)
+        scalars = Scalars(self.workdir / "tensorboard")
         if is_main_process():
             (self.workdir / "config.json").write_text(config.to_json(indent=2) + "\n")
-            self._write_model_metadata()
-        batches = _device_batches(input_pipeline.train_batches(
-            config, global_batch_size=config.batch_size, process_index=jax.process_index(),
+            (self.workdir / METADATA_FILE).write_text(json.dumps(self.experiment.metadata(), indent=2,
+                                                                 sort_keys=True) + "\n")
+        batches = _device_batches(self.pipeline.train_batches(
+            global_batch_size=config.batch_size, process_index=jax.process_index(),
             process_count=jax.process_count(), start_step=start_step), self.data_sharding)
         train_step = self._train_step
         if start_step < self.num_steps:
             first = next(batches)
             train_step = self._compile_train_step(state, first)
             batches = itertools.chain([first], batches)
-        watch = _PreemptionWatch()
-        progress = self._progress_bar(start_step)
+        watch = StopWatch()
+        progress = progress_bar(config.progress_bar, self.num_steps, start_step)
         pending: list[dict[str, jax.Array]] = []
         last_eval: dict[str, Any] = {}
         last_log_time, last_log_step = time.time(), start_step
@@ -289,65 +157,68 @@ class Trainer:
                 final = step == self.num_steps
                 do_eval = final or step % config.eval_every_steps == 0
                 do_save = do_eval or step % config.checkpoint_every_steps == 0
-                if do_save or step % config.get("log_every_steps", 50) == 0:
+                if do_save or step % config.log_every_steps == 0:
                     now = time.time()
                     summary = self._summarize(pending, step)
                     summary["images_per_second"] = (step - last_log_step) * config.batch_size / (now - last_log_time)
                     last_log_time, last_log_step, pending = now, step, []
                     train_log.write({"step": step, **summary})
-                    self._write_scalars(writer, step, {f"train_{k}": v for k, v in summary.items()})
+                    scalars.write(step, {f"train_{k}": v for k, v in summary.items()})
                     if progress is not None:
                         progress.set_postfix(loss=f"{summary['loss']:.4f}", lr=f"{summary['learning_rate']:.3g}",
                                              img_s=f"{summary['images_per_second']:.0f}", refresh=False)
                 if do_eval:
                     last_eval = {"step": step, **self.evaluate(state)}
                     metrics_log.write(last_eval)
-                    self._write_scalars(writer, step, {k: v for k, v in last_eval.items() if k != "step"})
-                    self.log(f"\nstep {step}: eval {self.task.describe(last_eval)}")
+                    scalars.write(step, {k: v for k, v in last_eval.items() if k != "step"})
+                    log(f"\nstep {step}: eval {self.task.describe(last_eval)}")
                 if do_save:
                     best = self.task.best_metric
                     self.checkpoints.save(step, state, {best: last_eval[best]} if do_eval else None)
                 if progress is not None:
                     progress.update(1)
-                at_sync_point = jax.process_count() == 1 or step % config.get("log_every_steps", 50) == 0
+                at_sync_point = jax.process_count() == 1 or step % config.log_every_steps == 0
                 if not final and at_sync_point and watch.should_stop():
-                    if not do_save:
-                        if pending:  # never save a diverged state: _summarize raises on NaN/inf
-                            self._summarize(pending, step)
-                        self.checkpoints.save(step, state)
-                    self.checkpoints.wait()
-                    self.log(f"\nSIGTERM: saved step {step} to {self.checkpoints.directory}; run the same command "
-                             f"to resume")
-                    raise Preempted()
+                    self._save_and_stop(step, state, pending, saved=do_save, watch=watch)
         finally:
             watch.restore()
             if progress is not None:
                 progress.close()
             self.checkpoints.wait()
-            if writer is not None:
-                writer.flush()
+            scalars.flush()
         if not last_eval:  # already trained to the end in an earlier run
             last_eval = {"step": self.num_steps, **self.evaluate(state)}
         self._print_summary(last_eval, time.time() - started)
         return last_eval
 
+    def _save_and_stop(self, step: int, state: steps.TrainState, pending: list, saved: bool,
+                       watch: StopWatch) -> None:
+        if not saved:
+            if pending:  # never save a diverged state: _summarize raises on NaN/inf
+                self._summarize(pending, step)
+            self.checkpoints.save(step, state)
+        self.checkpoints.wait()
+        name, code = watch.describe()
+        log(f"\n{name}: saved step {step} to {self.checkpoints.directory}; run the same command to resume")
+        raise Stopped(code)
+
     def _compile_train_step(self, state: steps.TrainState, batch: dict[str, jax.Array]):
         """Compile ahead of the first step, saying so: it takes seconds to minutes, during which nothing moves."""
         config = self.config
-        self.log(f"compiling the train step ({config.model.name}, global batch {config.batch_size}, "
-                 f"{config.image_size}x{config.image_size}) ...")
+        log(f"compiling the train step ({config.model.name}, global batch {config.batch_size}, "
+            f"{config.image_size}x{config.image_size}) ...")
         started = time.time()
         compiled = self._train_step.lower(state, batch).compile()
-        self.log(f"compiled in {time.time() - started:.1f} s")
+        log(f"compiled in {time.time() - started:.1f} s")
         return compiled
 
     def _eval_only(self, state: steps.TrainState, step: int) -> dict[str, Any]:
-        if step == 0 and not self.config.get("init_from"):
+        if step == 0 and not self.config.init_from:
             raise ConfigError(f"eval_only: {self.workdir} holds no checkpoint and config.init_from is not set")
         results = {"step": step, **self.evaluate(state)}
-        _JsonLines(self.workdir / METRICS_FILE, resume_step=math.inf).write(results)
-        self.log(f"eval_only on {self.info.name}/{self.info.eval_split} ({results['eval_examples']} examples): "
-                 f"{self.task.describe(results)}")
+        JsonLines(self.workdir / METRICS_FILE, resume_step=math.inf).write(results)
+        log(f"eval_only on {self.info.name}/{self.info.eval_split} ({results['eval_examples']} examples): "
+            f"{self.task.describe(results)}")
         return results
 
     def _summarize(self, pending: list[dict[str, jax.Array]], step: int) -> dict[str, float]:
@@ -366,44 +237,15 @@ class Trainer:
         summary["learning_rate"] = float(fetched[-1]["learning_rate"])
         return summary
 
-    # ------------------------------------------------------------------------------------------- reporting
-    def _progress_bar(self, start_step: int):
-        if not is_main_process() or not self.config.get("progress_bar", True):
-            return None
-        from tqdm import tqdm
-        return tqdm(total=self.num_steps, initial=start_step, unit="step", dynamic_ncols=True, desc="train")
-
-    def _summary_writer(self):
-        if not is_main_process():
-            return None
-        from flax.metrics.tensorboard import SummaryWriter
-        return SummaryWriter(str(self.workdir / "tensorboard"))
-
-    @staticmethod
-    def _write_scalars(writer, step: int, scalars: dict[str, float]) -> None:
-        if writer is not None:
-            for name, value in scalars.items():
-                writer.scalar(name, value, step)
-
-    def _write_model_metadata(self) -> None:
-        """model.json beside the checkpoints, so predict.py / init_from know which model they hold."""
-        from ..checkpoint import METADATA_FILE
-        options = {k: v for k, v in self.config.model.items() if k not in ("name", "num_classes", "dropout")}
-        metadata = {"model": self.config.model.name, "num_classes": self.info.num_classes, "overrides": options,
-                    "dataset": self.info.name, "image_size": self.config.image_size,
-                    "preprocessing": input_pipeline.eval_transform(self.config).to_json(),
-                    "class_names": list(self.info.class_names)}
-        (self.workdir / METADATA_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
-
     def _print_summary(self, last_eval: dict[str, Any], seconds: float) -> None:
         best, best_metric = self.checkpoints.best_step(), self.checkpoints.best_metric()
         best_text = ("no evaluated checkpoint" if best is None
                      else f"best: step {best}, {best_metric[0]} {best_metric[1]:.4f}")
-        self.log(f"done: {self.config.model.name} on {self.info.name}, step {last_eval['step']}: "
-                 f"eval {self.task.describe(last_eval)} ({last_eval['eval_examples']} examples) in {seconds:.0f} s\n"
-                 f"checkpoints: {self.checkpoints.directory} ({best_text})\n"
-                 f"metrics: {self.workdir / METRICS_FILE}\n"
-                 f"TensorBoard: tensorboard --logdir {self.workdir / 'tensorboard'}")
+        log(f"done: {self.config.model.name} on {self.info.name}, step {last_eval['step']}: "
+            f"eval {self.task.describe(last_eval)} ({last_eval['eval_examples']} examples) in {seconds:.0f} s\n"
+            f"checkpoints: {self.checkpoints.directory} ({best_text})\n"
+            f"metrics: {self.workdir / METRICS_FILE}\n"
+            f"TensorBoard: tensorboard --logdir {self.workdir / 'tensorboard'}")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -433,7 +275,7 @@ def batch_size_notes(config: ml_collections.ConfigDict, recipe_batch_size: int) 
     """What changes when the global batch is not the recipe's: the learning rate (scaled or not) and
     BatchNorm's per-device batch."""
     notes, batch = [], config.batch_size
-    base = config.get("base_batch_size", 0)
+    base = config.base_batch_size
     if batch != recipe_batch_size:
         if base:
             notes.append(f"config.batch_size={batch} (the recipe's is {recipe_batch_size}): the learning rate is "
