@@ -113,8 +113,31 @@ class YoloDetectSpec(MultiTapHead):
         return preset_postprocessor(yolo_postprocess, YOLO_PRESETS, preset or self.postprocess_preset, options)
 
     def loss_fn(self, image_size: Sequence[int], **options) -> Callable:
-        raise NotImplementedError("training the anchor-free YOLO head (ultralytics' v8DetectionLoss) is not built "
-                                  "yet: these models convert, predict and export; train with SSDLite meanwhile")
+        """ultralytics 8.4's v8DetectionLoss for inputs of (height, width) (`detection.yolo_loss`): task-aligned
+        assignment, BCE classes, CIoU boxes, DFL; `options` override the gains box (7.5), cls (0.5), dfl (1.5).
+        -> `loss(outputs, batch) -> (total, {'box_loss', 'class_loss', 'dfl_loss'})`, batch 'boxes' (N, M, 4) xyxy
+        pixels, 'labels' (N, M) 1-based (0: background), 'box_mask' (N, M); total = items' sum x batch size."""
+        from ..detection.yolo_loss import YOLOV8_GAINS, yolov8_loss  # here: this method is the head's only user
+
+        unknown = sorted(set(options) - set(YOLOV8_GAINS))
+        if unknown:
+            raise TypeError(f"the YOLO loss does not take {', '.join(unknown)}; it takes "
+                            f"{', '.join(sorted(YOLOV8_GAINS))} (gains)")
+        gains = {**YOLOV8_GAINS, **options}
+        height, width = image_size[0], image_size[1]
+        sizes = [(-(-height // s), -(-width // s)) for s in self.strides]
+        points, strides = anchor_points(sizes, self.strides)  # numpy: constants of the traced loss
+        min_side = float(self.strides[1] if len(self.strides) > 1 else self.strides[0])  # the assigner's stride_val
+
+        def loss(outputs: Mapping[str, jax.Array], batch: Mapping[str, jax.Array]) -> tuple[jax.Array, dict]:
+            items = yolov8_loss(outputs["box_distributions"].astype(jnp.float32),
+                                outputs["class_logits"].astype(jnp.float32), points, strides, batch["boxes"],
+                                jnp.asarray(batch["labels"]) - 1, batch["box_mask"], reg_max=self.reg_max,
+                                min_side=min_side, **gains)
+            total = items.pop("total")
+            return total, items
+
+        return loss
 
     def bias_init(self, num_classes: int, stride: int) -> tuple[float, float]:
         """ultralytics' `bias_init`: box 2.0, class log(5 / nc / (640 / stride)^2)."""

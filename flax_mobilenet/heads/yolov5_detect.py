@@ -77,8 +77,26 @@ class Yolov5DetectSpec(MultiTapHead):
         return preset_postprocessor(yolov5_postprocess, YOLOV5_PRESETS, preset or self.postprocess_preset, options)
 
     def loss_fn(self, image_size: Sequence[int], **options) -> Callable:
-        raise NotImplementedError("training the anchor-based YOLOv5 head (yolov5's ComputeLoss) is not built yet: "
-                                  "these models convert, predict and export; train with SSDLite meanwhile")
+        """yolov5 7.0's `ComputeLoss` (detection/yolov5_loss.py) for training at (height, width): `(outputs, batch)
+        -> (total, {'box_loss', 'object_loss', 'class_loss'})` on 'logits', float32, jit-able.  hyp.scratch-low's
+        settings, `options` overriding them (box, cls, obj, anchor_t, cls_pw, obj_pw, label_smoothing, balance),
+        the gains then rescaled as train.py does (3 / levels, classes / 80, (imgsz / 640)^2 with imgsz the
+        training side, max(height, width))."""
+        from ..detection.yolov5_loss import yolov5_gains, yolov5_hyperparameters, yolov5_loss
+
+        hyp = yolov5_hyperparameters(**options)
+        height, width = (int(v) for v in image_size)
+        anchors = anchors_buffer(self.anchors, self.strides)
+        levels = len(self.strides)
+
+        def loss(outputs: Mapping[str, jax.Array], batch: Mapping[str, jax.Array]) -> tuple[jax.Array, dict]:
+            logits = outputs["logits"].astype(jnp.float32)
+            gains = yolov5_gains(hyp, levels, logits.shape[-1] - 5, max(height, width))
+            losses = yolov5_loss(logits, batch["boxes"], batch["labels"], batch["box_mask"], (height, width),
+                                 self.strides, anchors, gains, hyp)
+            return losses["total"], {k: losses[k] for k in ("box_loss", "object_loss", "class_loss")}
+
+        return loss
 
     def bias_init(self, num_classes: int, stride: int) -> np.ndarray:
         """yolov5's `_initialize_biases` on a zero bias: objectness log(8 / (640 / s)^2), classes
