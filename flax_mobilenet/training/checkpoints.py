@@ -97,17 +97,25 @@ def merge_backbone(fresh: dict[str, Any], classifier: dict[str, Any]) -> tuple[d
     """Load a classifier's feature layers (`features_N`; not its pooling head) into a dense model's backbone: the
     usual start of segmentation and detection training (an ImageNet backbone, fresh heads and extra layers).
 
-    Every loaded layer must exist in `fresh` with the same shape.  Returns the merged variables and the top-level
+    Every loaded layer up to the model's deepest must exist in `fresh` with the same shape (layers past it are
+    left out: a backbone may end before the classifier's last layer).  Returns the merged variables and the top-level
     modules that kept their fresh initialisation (the heads, SSDLite's extra blocks).
     """
     fresh_flat = traverse_util.flatten_dict(fresh, sep="/")
+    deepest = max(_layer_index(k) for k in fresh_flat)  # a backbone may stop earlier (YOLO's MobileNetV2: 0..17)
     loaded_flat = {k: v for k, v in traverse_util.flatten_dict(classifier, sep="/").items()
-                   if k.split("/")[1].startswith("features_")}
+                   if 0 <= _layer_index(k) <= deepest}
     _require_fit(fresh_flat, loaded_flat, [], [], "the classifier's layers do not fit this model's backbone (built "
                  "with other options, e.g. width_mult or reduced_tail?)")
     kept = set(fresh_flat) - set(loaded_flat)
     modules = sorted({k.split("/")[1] for k in kept}, key=_natural_order)
     return _merged(fresh_flat, loaded_flat, kept), modules
+
+
+def _layer_index(key: str) -> int:
+    """N of a `features_N` variable's path ('params/features_3/...'), else -1."""
+    module = key.split("/")[1]
+    return int(module[len("features_"):]) if module.startswith("features_") else -1
 
 
 def _natural_order(name: str) -> tuple[str, int]:

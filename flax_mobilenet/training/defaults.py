@@ -35,6 +35,15 @@ def base_config() -> ml_collections.ConfigDict:
         # detection: 'auto' (the head's own: SSD 'ssdlite', YOLO 'yolo'), torchvision's 'ssdlite' (IoU crop, flip) or
         # 'ssd' (+ colour, zoom out), ultralytics' 'yolo' (mosaic, random perspective, HSV, flip)
         detection_recipe="auto",
+        # the 'yolo' recipe, ultralytics' names and defaults (cfg/default.yaml)
+        mosaic=1.0,  # 0: off; else mosaic of 4 images (ultralytics' probability; here on or off)
+        close_mosaic=10,  # mosaic off for the last N epochs
+        translate=0.1,  # random perspective: translation (fraction of the size) and scale gain (+/-)
+        scale=0.5,
+        hsv_h=0.015,  # HSV gains
+        hsv_s=0.7,
+        hsv_v=0.4,
+        fliplr=0.5,  # horizontal flip probability
     ))
 
     config.num_epochs = 1
@@ -52,15 +61,24 @@ def base_config() -> ml_collections.ConfigDict:
     config.base_batch_size = 256  # lr scales linearly with batch_size / base_batch_size; 0: no scaling
     config.lr_schedule = ml_collections.ConfigDict(dict(
         name="step",  # 'step' (x decay_rate every decay_epochs) | 'cosine' | 'poly' (power, per step) | 'constant'
+        # | 'ultralytics' (its YOLO trainer: per-epoch linear to lr x lrf, per-iteration warm-up, 3 param groups)
         power=0.9,  # 'poly'
         decay_rate=1.0,
         decay_epochs=1.0,
         warmup_epochs=0.0,
+        lrf=0.01,  # 'ultralytics': the final lr fraction
+        warmup_bias_lr=0.1,  # 'ultralytics': the biases' lr at the warm-up's start (then down to the lr)
+        warmup_momentum=0.8,  # 'ultralytics': the momentum at the warm-up's start (then up to optimizer.momentum)
     ))
     config.weight_decay = 0.0  # coupled L2, as torch's weight_decay=
     config.weight_decay_skip_bn_bias = False
+    # ultralytics' nbs (64): weight decay x batch_size / nbs (its x batch x accumulate / nbs, we do not accumulate;
+    # optim.effective_weight_decay); 0: weight_decay as it is
+    config.weight_decay_nominal_batch_size = 0
     config.label_smoothing = 0.0
     config.ema_decay = 0.0  # 0: no EMA of the weights; else also evaluates the EMA weights
+    # ultralytics' ModelEMA ramp: decay ema_decay * (1 - exp(-updates / ema_tau)), updates from 1; 0: constant
+    config.ema_tau = 0.0
     config.grad_clip_norm = 0.0  # 0: no clipping
     config.frozen_layers = 0  # fine-tuning: the first N backbone layers (features_0..N-1) are not trained
 
@@ -133,4 +151,33 @@ def cpu_quickstart_recipe(config: ml_collections.ConfigDict, warmup_epochs: floa
     config.lr_schedule.update(name="cosine", warmup_epochs=warmup_epochs)
     config.weight_decay = 1e-4
     config.weight_decay_skip_bn_bias = True
+    return config
+
+
+def ultralytics_recipe(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """ultralytics 8.4's YOLO training recipe (cfg/default.yaml, engine/trainer.py) with `optimizer=SGD`:
+    640 px, 100 epochs, batch 16 (a config sets its own batch_size: the weight decay scales with it); SGD
+    nesterov, momentum 0.937, lr0 0.01 unscaled by the batch; its schedule ('ultralytics': linear to lr0 x lrf 0.01
+    per epoch; 3 warm-up epochs, momentum from 0.8, bias lr from 0.1); weight decay 5e-4 x batch / nbs 64 on the
+    kernels only; gradients clipped to norm 10 (`optimizer_step`); ModelEMA 0.9999, tau 2000; the 'yolo'
+    augmentation (its keys in config.augment are ultralytics' defaults).
+
+    Where we differ (see optim.py): ultralytics steps every max(round(64 / batch), 1) batches (1 from batch 43 up),
+    we every batch; `optimizer=auto` (its default) would pick MuSGD above 10,000 iterations (AdamW below), the
+    explicit SGD is the documented choice and the one these hyperparameters are for."""
+    config.image_size = 640
+    config.num_epochs = 100
+    config.batch_size = 16
+    config.optimizer.update(name="sgd", momentum=0.937, nesterov=True)
+    config.learning_rate = 0.01
+    config.base_batch_size = 0  # no linear lr scaling: ultralytics scales the weight decay instead
+    config.lr_schedule.update(name="ultralytics", lrf=0.01, warmup_epochs=3.0, warmup_momentum=0.8,
+                              warmup_bias_lr=0.1)
+    config.weight_decay = 5e-4
+    config.weight_decay_nominal_batch_size = 64
+    config.weight_decay_skip_bn_bias = True
+    config.grad_clip_norm = 10.0
+    config.ema_decay = 0.9999
+    config.ema_tau = 2000.0
+    config.augment.detection_recipe = "yolo"
     return config

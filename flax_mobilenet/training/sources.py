@@ -87,6 +87,12 @@ class Source:
     def files(self, split: str) -> Optional[np.ndarray]:
         return None
 
+    def numpy_reader(self, split: str) -> Callable[[int], dict[str, np.ndarray]]:
+        """index -> the example as NumPy, for augmentations that read other examples (mosaic); by default the
+        graph reader run eagerly."""
+        read = self.reader(split)
+        return lambda index: {k: v.numpy() for k, v in read(tf.constant(index, tf.int64)).items()}
+
     def train_examples(self, rows: EpochRows, seed: int) -> tf.data.Dataset:
         """(example, its seed) for this process's rows of an epoch; the order ignores process_count."""
         order = np.random.default_rng(epoch_seed(seed, rows.epoch)).permutation(self.size("train"))
@@ -216,6 +222,10 @@ class DenseArrays(Source):
         data = self.train if split == "train" else self.eval
         return lambda index: {k: tf.gather(data[k], index) for k in ("image", "mask", "boxes", "labels")}
 
+    def numpy_reader(self, split: str) -> Callable[[int], dict[str, np.ndarray]]:
+        data = self.train if split == "train" else self.eval
+        return lambda index: {k: data[k][index] for k in ("image", "mask", "boxes", "labels")}
+
 
 def _shapes(config, task: str = "") -> DenseArrays:
     return _shapes_arrays()
@@ -237,6 +247,7 @@ SOURCE_KINDS = {
     "folder:": "sources:_folder",
     "coco:": "dense_sources:load",
     "voc:": "dense_sources:load",
+    "yolo:": "yolo_dataset:load",
 }
 NAMED_SOURCES = {"digits": _digits, "shapes": _shapes}
 
@@ -260,8 +271,9 @@ def datasets_for(task: str) -> str:
     if task == "classification":
         return "use 'digits', 'folder:/path/to/images' or a TFDS image-classification name"
     tfds_hint = " or TFDS 'coco/2017', 'voc/2007', 'voc/2012' (boxes only)" if task == "detection" else ""
+    yolo_hint = "'yolo:/path/to/data.yaml' (ultralytics' format), " if task == "detection" else ""
     return (f"use 'shapes' (embedded, synthetic: boxes and masks of 5 classes), 'coco:/path/to/coco' (train2017/, "
-            f"val2017/, annotations/), 'voc:/path/to/VOCdevkit/VOC2012'{tfds_hint} for {task}")
+            f"val2017/, annotations/), {yolo_hint}'voc:/path/to/VOCdevkit/VOC2012'{tfds_hint} for {task}")
 
 
 def iterate_numpy(ds: tf.data.Dataset, files: Optional[np.ndarray] = None) -> Iterator[dict[str, np.ndarray]]:

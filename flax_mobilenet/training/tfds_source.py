@@ -48,8 +48,8 @@ class TfdsSource(Source):
         except tfds.core.registered.DatasetNotFoundError as error:
             raise DatasetError(f"unknown dataset {config.dataset!r}: use 'digits', 'folder:/path/to/images' (one "
                                f"sub-folder per class) or a TFDS image-classification name; for detection and "
-                               f"segmentation 'shapes', 'coco:/path/to/coco', 'voc:/path/to/VOCdevkit/VOC2012' "
-                               f"or TFDS 'coco/2017', 'voc/2007' (boxes only)") from error
+                               f"segmentation 'shapes', 'coco:/path/to/coco', 'voc:/path/to/VOCdevkit/VOC2012', "
+                               f"'yolo:/path/to/data.yaml' or TFDS 'coco/2017', 'voc/2007' (boxes only)") from error
         except (KeyError, ValueError, AssertionError) as error:
             raise DatasetError(f"TFDS dataset {config.dataset!r} is not prepared in {builder.data_dir}: nothing can "
                                f"be downloaded here; prepare it with `tfds build {config.dataset} --data_dir DIR` (or "

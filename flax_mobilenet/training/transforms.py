@@ -28,6 +28,7 @@ EvalTransform = Callable[[Example], Row]
 DETECTION_RECIPES = {
     "ssdlite": "transforms:_ssdlite_recipe",
     "ssd": "transforms:_ssd_recipe",
+    "yolo": "yolo_transforms:train_recipe",
 }
 
 
@@ -110,6 +111,10 @@ def _import(target: str) -> Callable:
 
 
 def _detection_eval(transform: WeightsInfo) -> EvalTransform:
+    if transform.resize_mode == "letterbox":
+        from .yolo_transforms import letterbox_eval
+
+        return letterbox_eval(transform.crop_size)
     size = transform.crop_size
     return lambda example: dense_augment.detection_eval(example["image"], example["boxes"], example["labels"],
                                                         size=size)
