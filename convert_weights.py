@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import flax_mobilenet as fm
+from flax_mobilenet.checkpoint import VARIABLES_DIR
 from flax_mobilenet.convert import ConversionError, detect_layout, guess_model, read_state_dict
 from flax_mobilenet.registry import SOURCES
 
@@ -59,12 +60,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--trust-pickle", action="store_true",
                         help="unpickle a .pt that holds whole modules (ultralytics/yolov5 training checkpoints): only "
                              "for files you trust, since unpickling can run code; their package must be installed")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint in --output")
+    parser.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in --output")
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if (args.output / VARIABLES_DIR).exists() and not args.overwrite:  # before the (slow) reading
+        print(f"error: {args.output} already holds a checkpoint: pass --overwrite to replace it, or choose another "
+              f"--output", file=sys.stderr)
+        return 1
     try:
         fm.model_spec(args.model)
         size_mb = args.input.stat().st_size / 1e6 if args.input.is_file() else 0.0

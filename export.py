@@ -45,6 +45,9 @@ def main(argv=None) -> int:
     parser.add_argument("--raw-outputs", action="store_true",
                         help="detection models: export the raw head outputs (and anchors.npy) without the "
                              "post-processing (needed for TFLite)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into an --output folder that is not empty (its model file and export.json are "
+                             "replaced; other files stay)")
     args = parser.parse_args(argv)
     if args.batch_size is not None and args.batch_size < 1:
         parser.error("--batch-size must be at least 1")
@@ -52,6 +55,10 @@ def main(argv=None) -> int:
         parser.error("--image-size must be at least 32")
     if args.step is not None and args.step < 0:
         parser.error("--step must be a step number kept in the run's checkpoints/ folder")
+    if args.output.is_dir() and any(args.output.iterdir()) and not args.overwrite:
+        print(f"error: {args.output} exists and is not empty: pass --overwrite to write the export into it, or "
+              f"choose another --output", file=sys.stderr)
+        return 1
     try:
         loaded = fm.open_checkpoint(args.checkpoint, args.step)
         metadata = loaded.metadata

@@ -1,7 +1,9 @@
-"""Classify images with a converted checkpoint or a training run: top-5 labels and probabilities per image.
+"""Classify, segment or detect with a converted checkpoint or a training run: labels, masks or boxes per image.
 
-Segmentation and detection models give per-pixel classes or boxes instead: --output-dir writes each image with
-its colour mask or labelled boxes drawn on it, --json prints class fractions or COCO-style boxes.
+Classifiers give the top-5 labels and probabilities of each image.  Segmentation models give the class of
+every pixel and detection models boxes: --output-dir writes each image with its colour mask or labelled boxes
+drawn on it, --json prints class fractions or COCO-style boxes.  `--list-models` lists the model names with
+their task and reference weights.
 
 --checkpoint takes a folder written by convert_weights.py, a train.py workdir (its best step, or --step N)
 or one of its checkpoints/STEP folders.  Images get the eval transform the checkpoint was evaluated with: a
@@ -12,6 +14,7 @@ training run's own (its image size, mean/std) and class names, else the referenc
     python predict.py --checkpoint checkpoints/mobilenet_v2 examples/cat.jpg [--json]
     python predict.py --checkpoint runs/digits [--step 400] digit.png
     python predict.py --checkpoint checkpoints/ssdlite photo.jpg --output-dir pictures [--json] [--min-score 0.5]
+    python predict.py --list-models
 """
 from __future__ import annotations
 
@@ -23,13 +26,39 @@ from pathlib import Path
 import numpy as np
 
 import flax_mobilenet as fm
-from flax_mobilenet.checkpoint import class_names, eval_transform, load_metadata, require_checkpoint_folder
+from flax_mobilenet.checkpoint import (CHECKPOINTS_DIR, class_names, eval_transform, load_metadata,
+                                       require_checkpoint_folder)
 from flax_mobilenet.inference import compile_inference, enable_compilation_cache
 from flax_mobilenet.preprocessing import classify, detection_input, load_image, preprocess_for
 
 
+def model_table() -> str:
+    """Every registered model name with its task and the reference weights it reproduces (or none)."""
+    rows = [("name", "task", "reference weights (convert_weights.py converts them)")]
+    for name in fm.list_models():
+        reference = fm.weights_info(name).reference
+        published = reference and "no published weights" not in reference
+        rows.append((name, fm.model_spec(name).task,
+                     reference if published else "none published (train it with train.py)"))
+    widths = [max(len(row[column]) for row in rows) for column in range(2)]
+    return "\n".join(f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]}" for row in rows)
+
+
+class ListModels(argparse.Action):
+    """--list-models: print the model table and exit (before the required arguments are checked)."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(model_table())
+        parser.exit()
+
+
 def parse_args(argv=None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--list-models", action=ListModels,
+                        help="list the model names with their task and reference weights, and exit")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (anything Pillow reads)")
     parser.add_argument("--checkpoint", required=True, type=Path,
                         help="folder written by convert_weights.py, a train.py workdir or one of its step folders")
@@ -81,6 +110,9 @@ def main(argv=None) -> int:
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    checkpoint = args.checkpoint.expanduser()
+    if (checkpoint / CHECKPOINTS_DIR).is_dir() or checkpoint.parent.name == CHECKPOINTS_DIR:  # a training run
+        print(f"loaded {loaded.description}", file=sys.stderr, flush=True)  # which step: the best one, or --step
     variables, metadata = loaded.variables, {"model": name, **loaded.metadata}
     enable_compilation_cache()
     import flax

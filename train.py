@@ -3,6 +3,15 @@
 Data-parallel over every device of every host.  Rerunning the same command resumes from DIR's latest
 checkpoint.  Multi-host: on Cloud TPU pods JAX finds its peers itself; elsewhere pass
 `--coordinator_address=HOST:PORT --num_processes=N --process_id=I` to every process.
+
+Any config key can be overridden on the command line with --config.KEY=VALUE, nested keys with dots:
+
+    python train.py --config configs/v3_small_digits.py --workdir runs/digits \\
+        --config.batch_size=64 --config.num_epochs=5 --config.model.name=mobilenet_v2
+
+The keys, with their defaults and meaning, are in flax_mobilenet/training/defaults.py; the config file
+(configs/*.py) sets a recipe on top of them.  The model names (config.model.name), with their task and
+whether reference weights exist: python predict.py --list-models
 """
 import os
 import sys
@@ -17,7 +26,9 @@ from ml_collections import config_flags  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Checkpoints, metrics.jsonl and TensorBoard logs go here.", required=True)
-config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/v3_small.py.", lock_config=True)
+config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/v3_small.py; override any of its keys "
+                                "with --config.KEY=VALUE (keys: flax_mobilenet/training/defaults.py).",
+                                lock_config=True)
 flags.DEFINE_string("coordinator_address", None, "Multi-host without auto-detection: HOST:PORT of process 0.")
 flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
 flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
@@ -55,6 +66,10 @@ def main(argv):
     except (trainer.ConfigError, trainer.TrainingDiverged, DatasetError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before the first step: nothing new was saved
+        print("\ninterrupted (Ctrl-C): the checkpoints written before stay; run the same command to resume",
+              file=sys.stderr)
+        sys.exit(130)
 
 
 def recipe_batch_size() -> int:
@@ -70,10 +85,69 @@ def recipe_batch_size() -> int:
     return module.get_config().batch_size
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-    """absl's parsing, with a config override naming no key of the config reported in one line."""
+CONFIGS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+KEYS_HINT = "keys: flax_mobilenet/training/defaults.py and the config file"
+
+
+def config_file_argument(argv: list[str]) -> str | None:
+    """The path --config names (without ml_collections' `:ARGUMENT` suffix), if given."""
+    for index, argument in enumerate(argv[1:], 1):
+        if argument.startswith("--config="):
+            return argument.split("=", 1)[1].split(":", 1)[0]
+        if argument == "--config" and index + 1 < len(argv):
+            return argv[index + 1].split(":", 1)[0]
+    return None
+
+
+def missing_config_message(path: str) -> str:
+    """One line for a --config file that does not exist, with the files of configs/."""
+    names = sorted(name for name in os.listdir(CONFIGS_DIR) if name.endswith(".py")) if os.path.isdir(CONFIGS_DIR) \
+        else []
+    return f"error: no config file {path} (configs/ holds: {', '.join(names) or 'nothing'})"
+
+
+def unknown_key_message(error: BaseException, argv: list[str]) -> str:
+    """One line for ml_collections' KeyError (or the AttributeError wrapping it) on `--config.no_such_key=...`:
+    the key, the group it was looked up in, and the closest key there (its whole path)."""
+    import difflib
+    import re
+
     from flax_mobilenet.training.defaults import base_config
 
+    while isinstance(error, AttributeError) and error.args and isinstance(error.args[0], BaseException):
+        error = error.args[0]  # ml_collections wraps the KeyError in an AttributeError
+    text = str(error.args[0]) if error.args else str(error)
+    missing = text.splitlines()[0].strip().strip("\"'") if text.strip() else ""
+    suggestion = re.search(r'Did you mean "([^"]+)"', text)
+    overrides = [a[len("--config."):].split("=", 1)[0] for a in argv[1:] if a.startswith("--config.")]
+    for override in overrides:  # the override whose path holds the missing segment: report its whole path
+        parts = override.split(".")
+        if missing in parts:
+            index = parts.index(missing)
+            break
+    else:
+        parts, index = [missing], 0
+    where = f" in config.{'.'.join(parts[:index])}" if index else ""
+    if suggestion:
+        close = suggestion.group(1)
+    else:  # no suggestion in the message: the closest key of the defaults at that level
+        level = base_config()
+        for part in parts[:index]:
+            level = level.get(part) if hasattr(level, "get") else None
+        options = [str(k) for k in level.keys()] if hasattr(level, "keys") else []
+        matches = difflib.get_close_matches(missing, options, n=1, cutoff=0.6)
+        close = matches[0] if matches else None
+    hint = f"; did you mean '{'.'.join([*parts[:index], close])}'?" if close else ""
+    return f"error: the config has no key '{missing}'{where}{hint} ({KEYS_HINT})"
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's parsing, with a missing config file or a config override naming no key reported in one line."""
+    from flax_mobilenet.training.defaults import base_config
+
+    path = config_file_argument(argv)
+    if path is not None and not os.path.isfile(path):
+        sys.exit(missing_config_message(path))
     groups = {key: value for key, value in base_config().items() if hasattr(value, "keys")}
     for argument in argv[1:]:
         key = argument[len("--config."):].split("=", 1)[0] if argument.startswith("--config.") else ""
@@ -86,10 +160,9 @@ def parse_flags(argv: list[str]) -> list[str]:
     except flags.Error as error:
         sys.exit(f"error: {error}\nsee: python train.py --helpfull")
     except (AttributeError, KeyError) as error:  # ml_collections: `--config.no_such_key=...`
-        overrides = [a.split("=", 1)[0] for a in argv[1:] if a.startswith("--config.")]
-        key = str(error).strip("\"'")
-        sys.exit(f"error: the config has no key '{key}' (overrides given: {', '.join(overrides)}); the keys "
-                 f"are listed in flax_mobilenet/training/defaults.py and the config file")
+        sys.exit(unknown_key_message(error, argv))
+    except OSError as error:  # the config file could not be loaded (ml_collections defers the error)
+        sys.exit(f"error: {str(error).splitlines()[-1].strip()}")
 
 
 if __name__ == "__main__":

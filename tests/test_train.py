@@ -238,16 +238,18 @@ def test_sigkill_then_rerun_ends_exactly_like_an_uninterrupted_run(tmp_path, str
     assert resumed_losses == [r["loss"] for r in read_jsonl(straight_run / "train_metrics.jsonl")]
 
 
-def test_sigterm_saves_and_exits(tmp_path):
+@pytest.mark.parametrize("signal_number, name, code", [(signal.SIGTERM, "SIGTERM", 143),
+                                                        (signal.SIGINT, "Ctrl-C (SIGINT)", 130)])
+def test_sigterm_and_ctrl_c_save_and_exit(tmp_path, signal_number, name, code):
     proc = run_train(tmp_path, *SMALL_RUN, "--config.checkpoint_every_steps=100", stdout=subprocess.PIPE,
                      stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 300
     while not (tmp_path / "train_metrics.jsonl").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signal_number)
     output = proc.communicate(timeout=300)[0]
-    assert proc.returncode == 143, output[-3000:]
-    assert "SIGTERM: saved step" in output
+    assert proc.returncode == code, output[-3000:]
+    assert f"{name}: saved step" in output and "Traceback" not in output, output[-3000:]
     saved = [int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
     assert saved and max(saved) < 12  # saved at the step it was told to stop (resuming is tested above)
 

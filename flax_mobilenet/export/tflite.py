@@ -2,11 +2,13 @@
 
 The route: `jax2tf.convert` wraps the folded model's StableHLO in a TF function (an XlaCallModule op), saved
 as a SavedModel signature with named outputs, and `tf.lite.TFLiteConverter.from_saved_model` legalizes that
-StableHLO to TFLite builtin ops (no Select TF ops, so the plain LiteRT runtime runs it).  It is the route the jax2tf docs give for TFLite; there is
-no other: jax2tf's non-native (TF-op) lowering is gone from jax (`native_serialization=False` is ignored),
-and ai-edge-torch (litert-torch) converts PyTorch, not JAX.  The converter cannot legalize the detection
-post-processing (its NMS loop), so detection models export their raw head outputs to TFLite.  With `depthwise_impl='lax'` each depthwise conv
-is one DEPTHWISE_CONV_2D; the 1x1 convs become FULLY_CONNECTED.
+StableHLO to TFLite builtin ops (no Select TF ops, so the plain LiteRT runtime runs it).  The input and output
+tensors are then renamed after the signature's names, which are export.json's ('images', 'logits', ...).
+It is the route the jax2tf docs give for TFLite; there is no other: jax2tf's non-native (TF-op) lowering is
+gone from jax (`native_serialization=False` is ignored), and ai-edge-torch (litert-torch) converts PyTorch,
+not JAX.  The converter cannot legalize the detection post-processing (its NMS loop), so detection models
+export their raw head outputs to TFLite.  With `depthwise_impl='lax'` each depthwise conv is one
+DEPTHWISE_CONV_2D; the 1x1 convs become FULLY_CONNECTED.
 
 Two limits of the converter, handled here:
 - a batch-polymorphic function converts (for the plain CNNs) into a graph of shape arithmetic that XNNPACK
@@ -87,8 +89,25 @@ def convert(forward: Callable[[Any], tuple], shape: Sequence[Optional[int]],
         tf.saved_model.save(module, folder, signatures={SIGNATURE: module.forward.get_concrete_function()})
         converter = tf.lite.TFLiteConverter.from_saved_model(folder, signature_keys=[SIGNATURE])
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-        data = converter.convert()
+        data = _name_signature_tensors(converter.convert())
     return data, f"jax2tf (jax {version('jax')}) + TFLiteConverter (tensorflow {tf.__version__})"
+
+
+def _name_signature_tensors(data: bytes) -> bytes:
+    """The model with its input and output tensors named as its signature (and export.json) names them:
+    'images', 'logits' or a detection head's outputs.  The converter names them after the SavedModel's graph
+    ('serving_default_images:0', 'StatefulPartitionedCall:0', ...), which is what `get_input_details()`,
+    `get_output_details()` and model viewers show."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(data))
+    for signature in model.signatureDefs or []:
+        tensors = model.subgraphs[signature.subgraphIndex].tensors
+        for mapping in [*(signature.inputs or []), *(signature.outputs or [])]:
+            tensors[mapping.tensorIndex].name = mapping.name
+    if sys.byteorder == "big":  # read_model_from_bytearray swapped the buffers to the host's order
+        flatbuffer_utils.byte_swap_tflite_model_obj(model, "big", "little")
+    return flatbuffer_utils.convert_object_to_bytearray(model)
 
 
 def interpreter(data: bytes, threads: Optional[int] = None) -> Any:
