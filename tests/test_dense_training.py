@@ -81,6 +81,7 @@ def test_shapes_eval_batches_cover_every_example_once():
     assert len(batches) == 5 and batches[-1]["mask"][:300 - 256].all() and not batches[-1]["mask"][44:].any()
 
 
+YOLO_QUICKSTART = "configs/yolov8n_mobilenet_v2_shapes.py"
 # A short detection run at 64x64 (feature maps 4x4 down to 1x1) from random weights: constant lr, checkpoints
 # every 2 steps, one eval.
 SHORT_DETECTION_RUN = ["--config.init_from=", "--config.image_size=64", "--config.batch_size=8", "--config.eval_batch_size=100",
@@ -91,14 +92,16 @@ SHORT_DETECTION_RUN = ["--config.init_from=", "--config.image_size=64", "--confi
 
 @pytest.mark.slow
 def test_detection_sigkill_then_rerun_ends_exactly_like_an_uninterrupted_run(tmp_path):
+    """YOLO on shapes: the ultralytics recipe's mosaic pipeline and its loss resume exactly too (SSDLite's
+    pipeline resumes exactly by test_shapes_batches_resume_exactly_and_keep_labels_aligned)."""
     import subprocess
 
     straight = tmp_path / "straight"
-    run_train(straight, *SHORT_DETECTION_RUN, config="configs/ssdlite_shapes.py")
+    run_train(straight, *SHORT_DETECTION_RUN, config=YOLO_QUICKSTART)
     workdir = tmp_path / "killed"
-    kill_after_checkpoint(run_train(workdir, *SHORT_DETECTION_RUN, config="configs/ssdlite_shapes.py",
+    kill_after_checkpoint(run_train(workdir, *SHORT_DETECTION_RUN, config=YOLO_QUICKSTART,
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), workdir, step=2, last_step=6)
-    result = run_train(workdir, *SHORT_DETECTION_RUN, config="configs/ssdlite_shapes.py")
+    result = run_train(workdir, *SHORT_DETECTION_RUN, config=YOLO_QUICKSTART)
     assert "resuming from" in result.stdout
     evals = read_jsonl(workdir / "metrics.jsonl")
     assert evals == read_jsonl(straight / "metrics.jsonl") and {"eval_map", "eval_map50"} <= set(evals[-1])
