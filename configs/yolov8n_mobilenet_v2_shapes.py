@@ -26,5 +26,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.learning_rate = 2e-3  # 1e-3 reached mAP50 30% after the 375 steps (with mosaic)
     config.log_every_steps = 25
     config.eval_every_steps = 375  # the end only: each evaluation costs ~10 s
+    config.eval_rect = False  # 128x128 as trained (ultralytics' rectangular val would pad these squares to 160)
     config.checkpoint_every_steps = 125
     return config

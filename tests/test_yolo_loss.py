@@ -128,17 +128,6 @@ MIXED = [
 ]
 
 
-def random_rows(rng, count: int) -> list[list]:
-    rows = []
-    for _ in range(count):
-        w, h = rng.uniform(2, 90), rng.uniform(2, 70)
-        cx, cy = rng.uniform(0, WIDTH), rng.uniform(0, HEIGHT)
-        x1, y1 = max(cx - w / 2, 0), max(cy - h / 2, 0)
-        x2, y2 = min(cx + w / 2, WIDTH), min(cy + h / 2, HEIGHT)
-        rows.append([x1, y1, max(x2, x1 + 1), max(y2, y1 + 1), int(rng.integers(1, NC + 1))])
-    return rows
-
-
 def test_mixed_batch_matches_ultralytics(parity_report, monkeypatch):
     assigner = criterion().assigner
     contested = []
@@ -176,7 +165,8 @@ def test_mixed_batch_matches_ultralytics(parity_report, monkeypatch):
 def test_random_batches_match_ultralytics(seed, parity_report):
     """Up to M random boxes per image (sides 2-90 px, clipped to the image): many overlap, many are tiny."""
     rng = np.random.default_rng(100 + seed)
-    images = [random_rows(rng, int(rng.integers(0, M + 1))) for _ in range(N)]
+    images = [yr.random_box_rows(rng, int(rng.integers(0, M + 1)), NC, HEIGHT, WIDTH, (2, 90), (2, 70))
+              for _ in range(N)]
     compare(f"random {seed}", 10 + seed, images, parity_report)
 
 

@@ -74,12 +74,33 @@ def test_yolo_folder_trains_with_mosaic_resumes_exactly_and_evaluates_letterboxe
               for i in range(4) for box, label in zip(batch["boxes"][i][valid[i]], labels[i][valid[i]])]
     assert np.median(inside) > 0.8  # the boxes follow their rectangles through mosaic and perspective
 
-    evaluated = list(experiment.pipeline.eval_batches(global_batch_size=8, process_index=0, process_count=1))
+    config.eval_rect = False
+    evaluated = list(Experiment(config).pipeline.eval_batches(global_batch_size=8, process_index=0,
+                                                              process_count=1))
     assert sum(b["mask"].sum() for b in evaluated) == 12
     image, boxes, labels = evaluated[0]["image"][0], evaluated[0]["boxes"][0], evaluated[0]["labels"][0]
     assert image.shape == (64, 64, 3) and (labels > 0).sum() == 1  # 96x128 letterboxed to 48x64, grey bands
     np.testing.assert_allclose(image[:8], 114 / 255, atol=1e-6)
     assert _colour_inside(np.round(image * 255), boxes[0], COLOURS[labels[0] - 1]) > 0.8
+
+
+def test_yolo_eval_runs_in_ultralytics_rectangular_batches(tmp_path):
+    """Images sorted by aspect ratio, each global batch letterboxed to its own shape (pad 0.5), every example once,
+    on every process alike."""
+    from flax_mobilenet.training.yolo_augment import rect_batch_shapes
+
+    pipeline = Experiment(_config(_dataset(tmp_path))).pipeline  # eval_rect: the default
+    sizes = pipeline.source.image_sizes("eval")
+    rect = rect_batch_shapes(sizes, 4, 64, 32, 0.5)
+    batches = list(pipeline.eval_batches(global_batch_size=4, process_index=0, process_count=1))
+    assert [b["image"].shape[1:3] for b in batches] == [tuple(shape) for shape in rect.batch_shapes]
+    assert len({b["image"].shape[1:3] for b in batches}) > 1 and sum(b["mask"].sum() for b in batches) == 12
+    labels = np.concatenate([b["labels"] for b in batches])
+    expected = np.stack([pipeline.source.numpy_reader("eval")(i)["labels"] for i in rect.order])
+    np.testing.assert_array_equal(labels, expected)  # in ultralytics' order, each example once
+    halves = [list(pipeline.eval_batches(global_batch_size=4, process_index=p, process_count=2)) for p in range(2)]
+    for whole, first, second in zip(batches, *halves):
+        np.testing.assert_array_equal(np.concatenate([first["image"], second["image"]]), whole["image"])
 
 
 def test_a_bad_label_row_and_a_corrupt_image_are_named(tmp_path):

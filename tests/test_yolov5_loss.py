@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from yolo_reference import torch, yolov5_model  # first: the torchvision stub yolov5 needs
+from yolo_reference import random_box_rows, torch, yolov5_model  # first: the torchvision stub yolov5 needs
 
 from yolov5.utils.loss import ComputeLoss  # noqa: E402
 
@@ -114,17 +114,6 @@ def batch_of(images: list[list[list]], m: int = M):
     return tuple(np.stack(x) for x in zip(*parts))
 
 
-def random_rows(rng, count: int, nc: int) -> list[list]:
-    rows = []
-    for _ in range(count):
-        w, h = rng.uniform(4, 70), rng.uniform(4, 60)
-        cx, cy = rng.uniform(0, WIDTH), rng.uniform(0, HEIGHT)
-        x1, y1 = max(cx - w / 2, 0), max(cy - h / 2, 0)
-        x2, y2 = min(cx + w / 2, WIDTH), min(cy + h / 2, HEIGHT)
-        rows.append([x1, y1, max(x2, x1 + 1), max(y2, y1 + 1), int(rng.integers(1, nc + 1))])
-    return rows
-
-
 MIXED = [
     # several boxes, two of them (same size) in one P3 cell and anchor: the objectness collision rule
     [[20, 20, 40, 44, 1], [21, 21, 41, 45, 2], [50, 10, 90, 60, 3], [5, 30, 25, 50, 2]],
@@ -169,7 +158,8 @@ def test_mixed_batch_matches_yolov5(parity_report):
 def test_random_batches_match_yolov5(seed, parity_report):
     """Up to M random boxes per image: many share cells on P4/P5 (grids 4x6, 2x3)."""
     rng = np.random.default_rng(100 + seed)
-    images = [random_rows(rng, int(rng.integers(0, M + 1)), 3) for _ in range(N)]
+    images = [random_box_rows(rng, int(rng.integers(0, M + 1)), 3, HEIGHT, WIDTH, (4, 70), (4, 60))
+              for _ in range(N)]
     boxes, labels, mask = batch_of(images)
     compare(f"random {seed}", raw_outputs(10 + seed, N, 3), boxes, labels, mask, 3, parity_report)
 
@@ -183,7 +173,7 @@ def test_batch_without_boxes_matches_yolov5(parity_report):
 def test_single_class_matches_yolov5(parity_report):
     """nc = 1: no class loss (the reference skips it); its own model and compiled function."""
     rng = np.random.default_rng(7)
-    images = [[row[:4] + [1] for row in MIXED[0]], random_rows(rng, 5, 1)]
+    images = [[row[:4] + [1] for row in MIXED[0]], random_box_rows(rng, 5, 1, HEIGHT, WIDTH, (4, 70), (4, 60))]
     boxes, labels, mask = batch_of(images, 5)
     (_, items, grad), _ = compare("nc=1", raw_outputs(3, 2, 1), boxes, labels, mask, 1, parity_report)
     assert items[2] == 0 and np.all(grad[..., 5:] == 0)

@@ -449,3 +449,17 @@ def yolov5_nms(prediction, **kwargs) -> list[np.ndarray]:
     with torch.no_grad(), _one_thread():
         output = _yolov5_nms(_as_tensor(prediction), **kwargs)
     return [o.numpy() for o in output]
+
+
+def random_box_rows(rng, count: int, num_classes: int, height: int, width: int, widths: tuple, heights: tuple
+                    ) -> list[list]:
+    """`count` random [x1, y1, x2, y2, label] rows (labels 1..num_classes, the trainer's batch convention) of sides
+    drawn from `widths` / `heights` around random centres, clipped to the image and at least 1 px."""
+    rows = []
+    for _ in range(count):
+        w, h = rng.uniform(*widths), rng.uniform(*heights)
+        cx, cy = rng.uniform(0, width), rng.uniform(0, height)
+        x1, y1 = max(cx - w / 2, 0), max(cy - h / 2, 0)
+        x2, y2 = min(cx + w / 2, width), min(cy + h / 2, height)
+        rows.append([x1, y1, max(x2, x1 + 1), max(y2, y1 + 1), int(rng.integers(1, num_classes + 1))])
+    return rows

@@ -74,7 +74,9 @@ def bce_with_logits(logits: jax.Array, targets: jax.Array, pos_weight: float = 1
 def complete_iou(box1: jax.Array, box2: jax.Array, eps: float = 1e-7) -> jax.Array:
     """yolov5's `bbox_iou(box1, box2, xywh=True, CIoU=True)` elementwise over (..., 4) cx, cy, w, h boxes (box1
     predicted, box2 target): IoU - centre distance^2 / enclosing diagonal^2 - alpha v, with alpha (the aspect
-    term's weight) held constant for the gradient as the reference computes it under no_grad."""
+    term's weight) held constant for the gradient as the reference computes it under no_grad.  Not
+    `yolo_loss.complete_iou` (ultralytics 8.4's): that one adds eps to the heights and to alpha's denominator in
+    other places, and each port keeps its reference's arithmetic to the last bit."""
     x1, y1, w1, h1 = (box1[..., k] for k in range(4))
     x2, y2, w2, h2 = (box2[..., k] for k in range(4))
     hw1, hh1, hw2, hh2 = w1 / 2, h1 / 2, w2 / 2, h2 / 2

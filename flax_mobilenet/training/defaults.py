@@ -22,6 +22,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.max_boxes = 100  # detection from COCO / VOC / TFDS: boxes per image in a batch (padding rows: label 0)
     config.batch_size = 1024  # global, over all devices of all hosts
     config.eval_batch_size = 0  # 0: batch_size
+    # letterboxed detectors (YOLO): evaluate as ultralytics' val does, in rectangular batches (images sorted by
+    # aspect ratio, each batch letterboxed to its own multiple-of-32 shape, pad 0.5); False: image_size squares
+    config.eval_rect = True
     config.augment = ml_collections.ConfigDict(dict(
         random_resized_crop=True,
         crop_scale_min=0.08,

@@ -83,7 +83,11 @@ class Experiment:
         recipe = self.config.augment.detection_recipe
         if recipe == "auto":
             recipe = self.detection_head.train_recipe if self.task_name == "detection" else ""
-        return Pipeline(self.source, Preprocessing(self.task_name, self.eval_transform, recipe), self.config)
+        rect_stride = 0
+        if self.config.eval_rect and self.eval_transform.resize_mode == "letterbox":
+            rect_stride = create_model(self.config.model.name, **model_options(self.config)).input_multiple
+        return Pipeline(self.source, Preprocessing(self.task_name, self.eval_transform, recipe, rect_stride),
+                        self.config)
 
     def build_model(self) -> Any:
         dtype = jnp.bfloat16 if self.config.half_precision else jnp.float32

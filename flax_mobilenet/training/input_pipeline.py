@@ -7,7 +7,7 @@ the same whether the iterator started at 0 or at k.  TensorFlow is used only her
 """
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterator, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -65,7 +65,21 @@ class Pipeline:
                      ) -> Iterator[dict[str, np.ndarray]]:
         """Every eval example exactly once over all processes; padding rows have mask 0. Equal batch counts."""
         local_batch = local_batch_size(global_batch_size, process_count)
-        ds = self.source.eval_examples(local_batch, process_index, process_count)
+        ds = self.source.eval_examples(local_batch, process_index, process_count,
+                                       *self._rect_batches(global_batch_size))
         ds = ds.map(lambda example, weight: {**self._eval(example), "mask": weight},
                     num_parallel_calls=tf.data.AUTOTUNE)
         yield from iterate_numpy(_batched(ds, local_batch), self.source.files("eval"))
+
+    def _rect_batches(self, global_batch_size: int) -> tuple[Optional[np.ndarray], dict[str, np.ndarray]]:
+        """ultralytics' rectangular eval batches (its val: images sorted by aspect ratio, each global batch
+        letterboxed to its own shape, pad 0.5): (the example at each position, its 'letterbox_shape'); or
+        (None, {}) for square eval (other preprocessing, or image sizes the source does not know)."""
+        stride = self.preprocessing.rect_stride
+        sizes = self.source.image_sizes("eval") if stride else None
+        if sizes is None:
+            return None, {}
+        from .yolo_augment import rect_batch_shapes
+
+        rect = rect_batch_shapes(sizes, global_batch_size, self.preprocessing.image_size, stride, pad=0.5)
+        return rect.order, {"letterbox_shape": rect.shapes.astype(np.int32)}

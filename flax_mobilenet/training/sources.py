@@ -104,17 +104,29 @@ class Source:
             lambda index, position: ({**read(index), "index": index}, example_seed(seed, rows.epoch, position)),
             num_parallel_calls=tf.data.AUTOTUNE)
 
-    def eval_examples(self, local_batch: int, process_index: int, process_count: int) -> tf.data.Dataset:
-        """(example, weight) of this process's rows of equally many global batches; padding rows weigh 0."""
+    def image_sizes(self, split: str) -> Optional[np.ndarray]:
+        """(N, 2) (height, width) of the split's images when known without decoding them (rectangular eval
+        batches need them), else None."""
+        return None
+
+    def eval_examples(self, local_batch: int, process_index: int, process_count: int,
+                      order: Optional[np.ndarray] = None,
+                      per_position: Optional[dict[str, np.ndarray]] = None) -> tf.data.Dataset:
+        """(example, weight) of this process's rows of equally many global batches; padding rows weigh 0.
+        `order`: the example at each position (default: in index order); `per_position`: more example fields,
+        one value per position (a padding row takes the last one's)."""
         total = self.size("eval")
         global_batch = local_batch * process_count
         num_batches = math.ceil(total / global_batch)
         positions = np.arange(num_batches * global_batch).reshape(num_batches, process_count, local_batch)
         positions = positions[:, process_index].reshape(-1)
+        real = np.minimum(positions, total - 1)
+        indices = real if order is None else np.asarray(order)[real]
+        extra = {k: np.asarray(v)[real] for k, v in (per_position or {}).items()}
         read = self.reader("eval")
-        rows = tf.data.Dataset.from_tensor_slices((np.minimum(positions, total - 1),
-                                                   (positions < total).astype(np.float32)))
-        return rows.map(lambda index, weight: (read(index), weight), num_parallel_calls=tf.data.AUTOTUNE)
+        rows = tf.data.Dataset.from_tensor_slices((indices, (positions < total).astype(np.float32), extra))
+        return rows.map(lambda index, weight, fields: ({**read(index), **fields}, weight),
+                        num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def decode_file(path: tf.Tensor) -> tf.Tensor:
@@ -225,6 +237,10 @@ class DenseArrays(Source):
     def numpy_reader(self, split: str) -> Callable[[int], dict[str, np.ndarray]]:
         data = self.train if split == "train" else self.eval
         return lambda index: {k: data[k][index] for k in ("image", "mask", "boxes", "labels")}
+
+    def image_sizes(self, split: str) -> np.ndarray:
+        images = (self.train if split == "train" else self.eval)["image"]
+        return np.tile(np.array(images.shape[1:3]), (len(images), 1))
 
 
 def _shapes(config, task: str = "") -> DenseArrays:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, Optional
 
+import numpy as np
 import tensorflow as tf
 
 from . import dense_sources
@@ -99,10 +100,15 @@ class TfdsSource(Source):
 
         return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
 
-    def eval_examples(self, local_batch: int, process_index: int, process_count: int) -> tf.data.Dataset:
+    def eval_examples(self, local_batch: int, process_index: int, process_count: int,
+                      order: Optional[np.ndarray] = None,
+                      per_position: Optional[dict[str, np.ndarray]] = None) -> tf.data.Dataset:
         """This process's share of the eval split, then all-zero examples (weight 0) up to the batch count every
-        process runs."""
+        process runs; in the split's order (no `image_sizes`, so no rectangular batches)."""
         import tensorflow_datasets as tfds
+
+        if order is not None or per_position:
+            raise ValueError("a TFDS source reads its eval split in order")
 
         target = "objects" if self.detection else "label"
         split = tfds.even_splits(self.info.eval_split, n=process_count, drop_remainder=False)[process_index]

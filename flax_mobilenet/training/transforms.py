@@ -40,6 +40,7 @@ class Preprocessing:
     task: str
     eval_transform: WeightsInfo
     detection_recipe: str = "ssdlite"
+    rect_stride: int = 0  # letterboxed eval in ultralytics' rectangular batches, sides multiples of this; 0: square
 
     @property
     def image_size(self) -> int:

@@ -554,6 +554,9 @@ class YoloSource(Source):
     def files(self, split: str) -> np.ndarray:
         return self.dataset.split(self._split(split)).images
 
+    def image_sizes(self, split: str) -> np.ndarray:
+        return self.dataset.image_sizes(self._split(split))
+
     @staticmethod
     def _split(split: str) -> str:
         return "train" if split == "train" else "val"

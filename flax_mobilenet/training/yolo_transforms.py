@@ -9,6 +9,7 @@ those are read through the source's own reader.  Mosaic is off for the last `clo
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import numpy as np
 import tensorflow as tf
@@ -33,8 +34,8 @@ def _padded(boxes: np.ndarray, labels: np.ndarray, rows: int) -> tuple[np.ndarra
     return out_boxes, out_labels
 
 
-def _row(image: tf.Tensor, boxes: tf.Tensor, labels: tf.Tensor, size: int, rows: int) -> Row:
-    image = tf.ensure_shape(image, (size, size, 3))
+def _row(image: tf.Tensor, boxes: tf.Tensor, labels: tf.Tensor, size: Optional[int], rows: int) -> Row:
+    image = tf.ensure_shape(image, (size, size, 3))  # size None: a rectangular eval batch's own shape
     boxes, labels = tf.ensure_shape(boxes, (rows, 4)), tf.ensure_shape(labels, (rows,))
     return {"image": image, "boxes": boxes, "labels": labels, "box_mask": labels > 0}
 
@@ -78,21 +79,24 @@ def train_recipe(source: Source, config, size: int):
 
 
 def letterbox_eval(size: int):
-    """ultralytics' validation transform at a square `size`: the long side resized to `size` (its load_image),
-    then LetterBox without upscaling, padded with grey 114; boxes follow."""
+    """ultralytics' validation transform: the long side resized to `size` (its load_image), then LetterBox without
+    upscaling to the example's `letterbox_shape` (its rectangular batch's (h, w)) or `size` x `size`, padded with
+    grey 114; boxes follow."""
 
-    def letterbox(image, boxes, labels):
+    def letterbox(image, boxes, labels, shape):
         valid = labels > 0
         resized, resized_boxes = yolo_augment.load_resized(image, boxes[valid], size)
-        out, out_boxes, _ = yolo_augment.letterbox(resized, resized_boxes, size, scaleup=False)
+        out, out_boxes, _ = yolo_augment.letterbox(resized, resized_boxes, tuple(int(s) for s in shape),
+                                                   scaleup=False)
         all_boxes = np.zeros_like(boxes)
         all_boxes[valid] = out_boxes
         return out, all_boxes.astype(np.float32)
 
     def transform(example: Example) -> Row:
-        image, boxes = tf.numpy_function(letterbox, [example["image"], example["boxes"], example["labels"]],
+        shape = example.get("letterbox_shape", tf.constant([size, size], tf.int32))
+        image, boxes = tf.numpy_function(letterbox, [example["image"], example["boxes"], example["labels"], shape],
                                          (tf.uint8, tf.float32), stateful=False)
         rows = example["boxes"].shape[0]
-        return _row(image, boxes, tf.cast(example["labels"], tf.int32), size, rows)
+        return _row(image, boxes, tf.cast(example["labels"], tf.int32), None, rows)
 
     return transform
