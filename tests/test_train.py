@@ -108,20 +108,28 @@ def held_out_digits(count):
     return images[:count, :, :, 0], labels[:count]
 
 
-def test_a_trained_run_predicts_its_own_classes_by_workdir(digits_run, tmp_path):
+def test_a_trained_run_predicts_its_own_classes_by_workdir_as_it_was_evaluated(digits_run, tmp_path):
+    """predict.py serves the run with the transform its evaluation used (digits: a plain resize to 32, no crop)
+    and its own labels: on the 360 held-out digits it scores what the run's eval printed for that step."""
     from PIL import Image
     workdir, _ = digits_run
-    images, labels = held_out_digits(8)
+    metadata = json.loads((workdir / "model.json").read_text())
+    preprocessing = metadata["preprocessing"]
+    assert (preprocessing["resize_mode"], preprocessing["crop_size"], preprocessing["labels"]) == ("fixed", 32, "digits")
+    assert "imagenet" not in json.dumps(metadata).lower() and metadata["class_names"] == [str(d) for d in range(10)]
+    images, labels = held_out_digits(360)
     paths = []
     for i, image in enumerate(images):
         paths.append(str(tmp_path / f"digit{i}.png"))
         Image.fromarray(image).save(paths[-1])
     result = subprocess.run([sys.executable, str(ROOT / "predict.py"), "--checkpoint", str(workdir), "--json",
-                             *paths], capture_output=True, text=True, cwd=ROOT, timeout=600)
+                             "--batch-size", "120", *paths], capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     predictions = json.loads(result.stdout)
-    assert [p["top5"][0]["label"] for p in predictions] == [str(label) for label in labels]  # its 10 labels
     assert all(len(p["top5"]) == 5 for p in predictions)
+    correct = sum(p["top5"][0]["label"] == str(label) for p, label in zip(predictions, labels))  # its 10 labels
+    best = max(read_jsonl(workdir / "metrics.jsonl"), key=lambda m: (m["eval_top1"], m["step"]))  # ties: latest
+    assert correct == round(best["eval_top1"] * 360), (correct, best)
 
 
 def test_eval_only_and_init_from_take_the_best_step_of_a_workdir(digits_run, tmp_path):
