@@ -27,7 +27,8 @@ def test_config_builds_its_model(path):
     size = config.image_size
     outputs, _ = jax.eval_shape(model.init_with_output, jax.random.key(0), np.zeros((1, size, size, 3), np.float32))
     # a detector's class scores per anchor; a segmentation model with an auxiliary head: its main output
-    logits = outputs.get("cls_logits", outputs.get("out")) if isinstance(outputs, dict) else outputs
+    logits = (next(outputs[k] for k in ("cls_logits", "class_logits", "out") if k in outputs)
+              if isinstance(outputs, dict) else outputs)
     assert logits.shape[-1] == options["num_classes"] > 1
 
 

@@ -37,13 +37,24 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: 
                       ema_params=params if use_ema else None, ema_batch_stats=batch_stats if use_ema else None)
 
 
+def ema_decay_at(step: jax.Array, ema_decay: float, ema_tau: float = 0.0) -> jax.Array:
+    """The EMA decay of the update after `step` updates: `ema_decay`, or with `ema_tau` ultralytics' ModelEMA ramp
+    d = ema_decay * (1 - exp(-updates / tau)), updates = step + 1 (it counts from 1 at the first update, and
+    updates once per optimizer step: once per train step here)."""
+    if not ema_tau:
+        return jnp.asarray(ema_decay, jnp.float32)
+    updates = jnp.asarray(step).astype(jnp.float32) + 1.0
+    return ema_decay * -jnp.expm1(-updates / ema_tau)  # expm1: 1 - exp(-x) stays exact for small x
+
+
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module, task: Task,
                tx: optax.GradientTransformation, schedule: optax.Schedule, ema_decay: float,
-               frozen: frozenset[str] = frozenset()) -> tuple[TrainState, Metrics]:
+               frozen: frozenset[str] = frozenset(), ema_tau: float = 0.0) -> tuple[TrainState, Metrics]:
     """One optimizer step on a (globally sharded) batch, the task's loss. BatchNorm statistics are those of the
     global batch. The `frozen` top-level modules are constants of the loss: no backward pass runs through the
     layers before the first trained one (their gradients are zeros, which `tx` must ignore; their BatchNorm
-    statistics still update, as torch's `requires_grad_(False)` leaves them)."""
+    statistics still update, as torch's `requires_grad_(False)` leaves them). The EMA (of the params and the
+    BatchNorm statistics: ultralytics' ModelEMA averages every float of the state) decays by `ema_decay_at`."""
     dropout_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     trained = {name: tree for name, tree in state.params.items() if name not in frozen}
     constants = {name: tree for name, tree in state.params.items() if name in frozen}
@@ -62,7 +73,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
     params = optax.apply_updates(state.params, updates)
     ema_params, ema_batch_stats = state.ema_params, state.ema_batch_stats
     if ema_params is not None:
-        blend = lambda avg, new: ema_decay * avg + (1.0 - ema_decay) * new  # noqa: E731
+        decay = ema_decay_at(state.step, ema_decay, ema_tau) if ema_tau else ema_decay
+        blend = lambda avg, new: decay * avg + (1.0 - decay) * new  # noqa: E731
         ema_params = jax.tree.map(blend, ema_params, params)
         ema_batch_stats = jax.tree.map(blend, ema_batch_stats, batch_stats)
     grad_norm = optax.tree.norm(grads)

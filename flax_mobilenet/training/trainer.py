@@ -93,7 +93,7 @@ class Trainer:
                              out_shardings=self.replicated)
         self._train_step = jax.jit(
             functools.partial(steps.train_step, model=self.model, task=self.task, tx=self.tx, schedule=self.schedule,
-                              ema_decay=config.ema_decay, frozen=frozen),
+                              ema_decay=config.ema_decay, frozen=frozen, ema_tau=config.ema_tau),
             in_shardings=(self.replicated, self.data_sharding), out_shardings=(self.replicated, self.replicated),
             donate_argnums=0)
         self._eval_step = jax.jit(functools.partial(steps.eval_step, model=self.model, task=self.task),
