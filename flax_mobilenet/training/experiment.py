@@ -3,6 +3,7 @@ preprocessing the pipeline applies and the serving transform written beside the 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from functools import cached_property
 from typing import Any
 
@@ -35,7 +36,9 @@ class Experiment:
     def __post_init__(self) -> None:
         name = self.config.model.name
         if name not in list_models():
-            raise ConfigError(f"unknown model {name!r}; known: {', '.join(list_models())} (python predict.py "
+            close = difflib.get_close_matches(name, list_models(), n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ConfigError(f"unknown model {name!r}; {hint}known: {', '.join(list_models())} (python predict.py "
                               f"--list-models)")
         self.task_name: str = model_spec(name).task  # before the options: a model of the wrong task is the news
         self.source: Source = open_source(self.config, self.task_name)
