@@ -13,7 +13,24 @@ compute, fp32 params and optimizer state) with depthwise convs as strided slices
 grouped conv, against PyTorch AMP (torch.autocast bf16 by default, `--torch-amp fp16` adds a
 GradScaler) in channels_last with cudnn.benchmark.  Data lives on the device before timing.
 
+YOLO models (any registered name of source 'ultralytics': yolov8n, yolov8n_mobilenet_v2, ...) train on
+random --image-size images (default 640, values in [0, 1]) with --yolo-boxes random boxes per image
+(the same boxes for both frameworks), 80 classes.  Ours: the head's task loss (`create_task('detection')`:
+the port of ultralytics' v8DetectionLoss, or of yolov5's ComputeLoss for anchor-based heads) in
+`steps.train_step`.  The reference is the PyTorch model our parity tests compare against
+(tests/yolo_reference.py: ultralytics' DetectionModel from its YAML, the `yolov5` package's Model, or the
+seeds' hybrids) stepped as ultralytics' trainer steps it (engine/trainer.py `_do_train` + `optimizer_step`):
+autocast forward and loss, `loss.sum()` scaled by a GradScaler (enabled for fp16 AMP) and backward, unscale,
+clip_grad_norm_(10), SGD step, scaler update, zero_grad, ModelEMA update; channels_last on GPU.
+`--yolo-optimizer ultralytics` (default) runs ultralytics' recipe on both sides: ours
+`defaults.ultralytics_recipe` (grad clip 10, its three parameter groups, nesterov SGD 0.937, scheduled
+lr/momentum, EMA with tau 2000), theirs `BaseTrainer.build_optimizer`'s groups (nesterov SGD 0.937, lr 0.01,
+the same weight decay) and `ModelEMA`.  `--yolo-optimizer sgd`: plain nesterov SGD 0.937, lr 0.01, weight
+decay 5e-4 on every parameter, no clipping, no EMA, on both.  Both update every batch (ultralytics
+accumulates round(64 / batch) batches per optimizer step below batch 43: a step here is one batch's work).
+
     python benchmarks/training.py [--device cpu|gpu] [--models ...] [--batch 32] [--repeats 5]
+    python benchmarks/training.py --models yolov8n yolov8n_mobilenet_v2 --image-size 640 --batch 8
 """
 from __future__ import annotations
 
@@ -21,6 +38,7 @@ import argparse
 import functools
 import gzip
 import json
+import math
 import os
 import platform
 import re
@@ -62,6 +80,11 @@ def parse_args() -> argparse.Namespace:
                              "as train.py does over XLA_FLAGS=--xla_force_host_platform_device_count=N")
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--weight-decay", type=float, default=4e-5)
+    parser.add_argument("--image-size", type=int, default=640,
+                        help="YOLO models: square input side (classifiers always train at 224)")
+    parser.add_argument("--yolo-boxes", type=int, default=8, help="YOLO models: random boxes per image")
+    parser.add_argument("--yolo-optimizer", choices=("ultralytics", "sgd"), default="ultralytics",
+                        help="YOLO models: ultralytics' recipe (clip, parameter groups, EMA) or plain nesterov SGD")
     parser.add_argument("--profile", type=int, default=0,
                         help="after timing, trace this many of our steps per variant and print the top ops")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
@@ -131,7 +154,9 @@ def xla_flops(compiled) -> float:
     return float((cost or {}).get("flops", float("nan")))
 
 
-def build_ours(name: str, batch: int, depthwise: str, dtype) -> dict:
+def build_ours(name: str, batch: int, depthwise: str, dtype, yolo_data: dict | None = None) -> dict:
+    if yolo_data is not None:
+        return build_ours_yolo(name, batch, depthwise, dtype, yolo_data)
     config = defaults.base_config()
     config.model.name = name
     config.batch_size = batch
@@ -170,10 +195,61 @@ def build_ours(name: str, batch: int, depthwise: str, dtype) -> dict:
                 loss=lambda: float(holder["metrics"]["loss"]))
 
 
+def build_ours_yolo(name: str, batch: int, depthwise: str, dtype, yolo_data: dict) -> dict:
+    """Our YOLO train step as the trainer jits it: the detection task's loss, the recipe's optimizer, donated."""
+    size = ARGS.image_size
+    config = defaults.base_config()
+    config.model.name = name
+    if ARGS.yolo_optimizer == "ultralytics":
+        defaults.ultralytics_recipe(config)
+    else:
+        config.optimizer.update(name="sgd", momentum=0.937, nesterov=True)
+        config.learning_rate = 0.01
+        config.base_batch_size = 0
+        config.lr_schedule.name = "constant"
+        config.weight_decay = 5e-4
+        config.weight_decay_skip_bn_bias = False  # torch.optim.SGD(model.parameters(), weight_decay=...)
+    config.image_size = size
+    config.batch_size = batch
+    schedule = optim.learning_rate_schedule(config, steps_per_epoch=1000)
+    model = fm.create_model(name, num_classes=80, dtype=dtype, depthwise_impl=depthwise)
+    param_shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, size, size, 3)))["params"]
+    tx = optim.create_optimizer(config, schedule, param_shapes)
+    task = tasks.create_task("detection", model, 80, size)
+    use_ema = bool(config.ema_decay)
+    mesh = jax.make_mesh((len(jax.devices()),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    replicated, sharded = NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("data"))
+    state = jax.jit(functools.partial(steps.create_train_state, model, tx, image_size=size, use_ema=use_ema),
+                    out_shardings=replicated)(jax.random.key(0))
+    data = {"image": jax.device_put(yolo_data["images"], sharded),
+            "boxes": jax.device_put(yolo_data["boxes"], sharded),
+            "labels": jax.device_put(yolo_data["labels"], sharded),
+            "box_mask": jax.device_put(np.ones(yolo_data["labels"].shape, bool), sharded)}
+    step = jax.jit(functools.partial(steps.train_step, model=model, task=task, tx=tx, schedule=schedule,
+                                     ema_decay=config.ema_decay, ema_tau=config.ema_tau),
+                   in_shardings=(replicated, sharded), out_shardings=(replicated, replicated), donate_argnums=0)
+    start = time.perf_counter()
+    compiled = step.lower(state, data).compile()
+    compile_s = time.perf_counter() - start
+    holder = {"state": state, "metrics": None}
+
+    def run(n: int) -> None:
+        state, metrics = holder["state"], None
+        for _ in range(n):
+            state, metrics = compiled(state, data)
+        jax.block_until_ready((state, metrics))
+        holder["state"], holder["metrics"] = state, metrics
+
+    return dict(run=run, compile_s=compile_s, gflop_per_image=xla_flops(compiled) * len(jax.devices()) / batch / 1e9,
+                loss=lambda: float(holder["metrics"]["loss"]) if holder["metrics"] is not None else float("nan"))
+
+
 # ------------------------------------------------------------------------------------------------ PyTorch
 
 
-def build_torch(name: str, batch: int, amp: str) -> dict:
+def build_torch(name: str, batch: int, amp: str, yolo_data: dict | None = None) -> dict:
+    if yolo_data is not None:
+        return build_torch_yolo(name, batch, amp, yolo_data)
     device = torch.device("cuda" if ARGS.device == "gpu" else "cpu")
     torch.manual_seed(0)
     model = getattr(tv_models, name)(num_classes=1000).to(device).train()
@@ -208,6 +284,169 @@ def build_torch(name: str, batch: int, amp: str) -> dict:
             torch.cuda.synchronize()
 
     return dict(run=run, loss=lambda: float(holder["loss"].detach()))
+
+
+# ------------------------------------------------------------------------------------------------ YOLO
+
+
+def is_yolo(name: str) -> bool:
+    return fm.registry.model_entry(name).source == "ultralytics"
+
+
+@functools.cache
+def yolo_reference():
+    """tests/yolo_reference.py (ultralytics, yolov5 and the seeds' models; it installs the torchvision stub and
+    quiets the packages first) and the pieces of ultralytics' trainer used here."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    import yolo_reference as yr
+    with yr._quiet():
+        from ultralytics.cfg import get_cfg
+        from ultralytics.engine.trainer import BaseTrainer
+        from ultralytics.utils.loss import v8DetectionLoss
+        from ultralytics.utils.torch_utils import ModelEMA
+        from yolov5.utils.loss import ComputeLoss
+    import ultralytics
+    return dict(yr=yr, get_cfg=get_cfg, BaseTrainer=BaseTrainer, v8DetectionLoss=v8DetectionLoss,
+                ModelEMA=ModelEMA, ComputeLoss=ComputeLoss, version=ultralytics.__version__)
+
+
+@functools.cache
+def yolo_torch_base(name: str):
+    """(the shared PyTorch model of `name` at 80 classes (yolo_reference's cached, eval mode: copy it first),
+    whether its head is anchor-based (yolov5's Detect), what it is)."""
+    ref = yolo_reference()
+    yr = ref["yr"]
+    if name in ("yolov8n_mobilenet_v2", "yolov8s_mobilenet_v2"):
+        model, what = yr.seed004_model(name[6], 80), "seed 004's hybrid (tests/yolo_reference.py), v8DetectionLoss"
+    elif name in ("yolov5_mobilenet_v3_small", "yolov5_mobilenet_v3_large"):
+        model = yr.seed000_model(name.rsplit("_", 1)[1], nc=80)
+        what = "seed 000's hybrid (tests/yolo_reference.py), yolov5 7.0 ComputeLoss"
+    elif name == "yolov5n":
+        model, what = yr.yolov5_model("yolov5n.yaml", 80), "yolov5 7.0 Model(yolov5n.yaml), ComputeLoss"
+    else:
+        try:
+            model = yr.ultralytics_model(f"{name}.yaml", 80)
+        except Exception as error:
+            raise SystemExit(f"{name}: no PyTorch reference (not an ultralytics YAML, nor one of the seeds' "
+                             f"hybrids): {error}") from None
+        what = f"ultralytics {ref['version']} DetectionModel({name}.yaml), v8DetectionLoss"
+    return model, isinstance(model.model[-1], yr.YOLOv5Detect), what
+
+
+def yolo_torch_model(name: str):
+    """A fresh copy of `name`'s PyTorch model in train mode, and whether its head is anchor-based.  The head's
+    output biases get their training init back (yolo_reference randomizes them for the parity tests): with
+    random class biases the first losses are ~1e4 and fp16 AMP would skip steps on overflowing gradients."""
+    import copy
+    base, anchor_based, _ = yolo_torch_base(name)
+    model = copy.deepcopy(base).train()
+    for parameter in model.parameters():
+        parameter.requires_grad_(True)
+    head = model.model[-1]
+    with torch.no_grad():
+        if anchor_based:  # yolov5 Model._initialize_biases, on the randomized biases: set, not added
+            for conv, stride in zip(head.m, head.stride):
+                bias = conv.bias.view(head.na, -1)
+                bias[:, 4] = math.log(8 / (640 / float(stride)) ** 2)
+                bias[:, 5:5 + head.nc] = math.log(0.6 / (head.nc - 0.99999))
+        else:  # ultralytics Detect.bias_init: box 2.0, classes log(5 / nc / (640 / s)^2)
+            head.bias_init()
+    return model, anchor_based
+
+
+def yolo_data(batch: int) -> dict:
+    """Random images in [0, 1] and --yolo-boxes random boxes per image (xyxy pixels, 1-based labels), seed 0."""
+    size, m = ARGS.image_size, ARGS.yolo_boxes
+    rng = np.random.default_rng(0)
+    images = rng.random((batch, size, size, 3), dtype=np.float32)
+    wh = rng.uniform(0.04, 0.5, (batch, m, 2)) * size
+    centre = rng.uniform(0, size, (batch, m, 2))
+    x1y1 = np.clip(centre - wh / 2, 0, size - 2)
+    x2y2 = np.maximum(np.clip(centre + wh / 2, 0, size), x1y1 + 2)
+    boxes = np.concatenate([x1y1, x2y2], -1).astype(np.float32)
+    labels = rng.integers(1, 81, (batch, m)).astype(np.int32)
+    return dict(images=images, boxes=boxes, labels=labels)
+
+
+def build_torch_yolo(name: str, batch: int, amp: str, yolo_data: dict) -> dict:
+    """One batch as ultralytics' trainer runs it (yolov5's train.py the same way for anchor-based heads)."""
+    ref = yolo_reference()
+    device = torch.device("cuda" if ARGS.device == "gpu" else "cpu")
+    model, anchor_based = yolo_torch_model(name)
+    model = model.to(device)
+    head = model.model[-1]
+    head.stride = head.stride.to(device)  # a plain attribute: DetectionModel._apply moves it, GraphModel not
+    size = ARGS.image_size
+    images = torch.from_numpy(yolo_data["images"].transpose(0, 3, 1, 2).copy()).to(device)
+    if ARGS.device == "gpu":  # ultralytics 8.4 trains channels_last on CUDA (args.channels_last None)
+        model = model.to(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last)
+    boxes, labels = yolo_data["boxes"].reshape(-1, 4), yolo_data["labels"].reshape(-1)
+    cxcywh = np.concatenate([(boxes[:, :2] + boxes[:, 2:]) / 2, boxes[:, 2:] - boxes[:, :2]], 1) / size
+    image_index = np.repeat(np.arange(batch), ARGS.yolo_boxes).astype(np.float32)
+    if anchor_based:  # yolov5 train.py: targets (image, class, cx, cy, w, h) normalised; hyp rescaled
+        from flax_mobilenet.detection.yolov5_loss import YOLOV5_HYP
+        hyp = {k: v for k, v in YOLOV5_HYP.items() if k != "balance"}
+        hyp["fl_gamma"] = 0.0
+        levels = head.nl
+        hyp["box"] *= 3 / levels
+        hyp["cls"] *= 80 / 80 * 3 / levels
+        hyp["obj"] *= (size / 640) ** 2 * 3 / levels
+        model.hyp = hyp
+        criterion = ref["ComputeLoss"](model)
+        targets = torch.from_numpy(np.concatenate([image_index[:, None], labels[:, None] - 1.0, cxcywh], 1)
+                                   .astype(np.float32)).to(device)
+
+        def loss_of(images):
+            return criterion(model(images), targets)
+    else:  # DetectionModel.loss: v8DetectionLoss(model) on the train outputs, hyperparameters get_cfg()'s
+        model.args = ref["get_cfg"]()
+        criterion = ref["v8DetectionLoss"](model)
+        targets = {"batch_idx": torch.from_numpy(image_index).to(device),
+                   "cls": torch.from_numpy((labels - 1).astype(np.float32)[:, None]).to(device),
+                   "bboxes": torch.from_numpy(cxcywh.astype(np.float32)).to(device)}
+
+        def loss_of(images):
+            return criterion(model(images), {"img": images, **targets})
+    if ARGS.yolo_optimizer == "ultralytics":
+        config = defaults.ultralytics_recipe(defaults.base_config())
+        config.batch_size = batch
+        decay = optim.effective_weight_decay(config)  # the same value as ours (ultralytics': x accumulate)
+        trainer = type("Trainer", (), {"args": ref["get_cfg"]()})()
+        with ref["yr"]._quiet():
+            optimizer = ref["BaseTrainer"].build_optimizer(trainer, model, name="SGD", lr=0.01, momentum=0.937,
+                                                           decay=decay)
+        ema = ref["ModelEMA"](model)
+    else:
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.937, nesterov=True, weight_decay=5e-4)
+        ema = None
+    amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    clip = ARGS.yolo_optimizer == "ultralytics"
+    holder = {"loss": None}
+
+    def one_step() -> torch.Tensor:
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            loss, _ = loss_of(images)
+            loss = loss.sum()  # trainer: self.loss = loss.sum()
+        scaler.scale(loss).backward()
+        if clip:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=10.0)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad()
+        if ema is not None:
+            ema.update(model)
+        return loss
+
+    def run(n: int) -> None:
+        for _ in range(n):
+            holder["loss"] = one_step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    return dict(run=run, loss=lambda: float(holder["loss"].detach()) if holder["loss"] is not None else float("nan"))
 
 
 # ------------------------------------------------------------------------------------------------ profile
@@ -249,11 +488,12 @@ def profile_top_ops(run: Callable[[int], None], n: int, top: int = 12) -> list[t
 
 def benchmark(name: str, batch: int) -> dict:
     dtype = jnp.bfloat16 if ARGS.dtype == "bfloat16" else jnp.float32
+    data = yolo_data(batch) if is_yolo(name) else None
     runners: dict[str, dict] = {}
     for impl in ARGS.depthwise:
-        runners[f"ours:{impl}"] = build_ours(name, batch, impl, dtype)
+        runners[f"ours:{impl}"] = build_ours(name, batch, impl, dtype, data)
     for amp in ARGS.torch_amp:
-        runners[f"torch:{amp}"] = build_torch(name, batch, amp)
+        runners[f"torch:{amp}"] = build_torch(name, batch, amp, data)
     for runner in runners.values():
         runner["run"](ARGS.warmup)
     times: dict[str, list[float]] = {k: [] for k in runners}
@@ -262,7 +502,9 @@ def benchmark(name: str, batch: int) -> dict:
             start = time.perf_counter()
             runner["run"](ARGS.steps)
             times[key].append((time.perf_counter() - start) / ARGS.steps)
-    result = dict(model=name, batch=batch, variants={})
+    result = dict(model=name, batch=batch, variants={}, reference=reference_name(name))
+    if data is not None:
+        result.update(image_size=ARGS.image_size, boxes=ARGS.yolo_boxes)
     for key, runner in runners.items():
         median = statistics.median(times[key])
         result["variants"][key] = dict(ms=median * 1e3, images_per_s=batch / median, loss=runner["loss"](),
@@ -275,21 +517,29 @@ def benchmark(name: str, batch: int) -> dict:
     return result
 
 
-def label(key: str) -> str:
+def reference_name(name: str) -> str:
+    """Who the PyTorch side is, in the column headers: PyTorch (torchvision), ultralytics or yolov5."""
+    if not is_yolo(name):
+        return "PyTorch"
+    return "yolov5" if yolo_torch_base(name)[1] else "ultralytics"
+
+
+def label(key: str, reference: str = "PyTorch") -> str:
     if key.startswith("torch"):
         amp = key.split(":", 1)[1]
-        return "PyTorch" + ("" if amp == "none" else f" AMP {amp}")
+        return reference + ("" if amp == "none" else f" AMP {amp}")
     impl = key.split(":", 1)[1]
     return "ours" if len(ARGS.depthwise) == 1 else f"ours ({impl})"
 
 
-def table_header(keys: list[str]) -> str:
+def table_header(keys: list[str], reference_name: str = "PyTorch", yolo: bool = False) -> str:
     ours = [k for k in keys if k.startswith("ours")]
     reference = next(k for k in keys if k.startswith("torch"))
-    cols = ["model", "batch"]
-    cols += [f"{label(k)} ms" for k in keys] + [f"{label(k)} img/s" for k in keys]
-    cols += [f"{label(k)} / {label(reference)}" for k in ours] + [f"{label(k)} compile s" for k in ours]
-    cols += [f"{label(k)} XLA GFLOP/img" for k in ours]
+    lab = functools.partial(label, reference=reference_name)
+    cols = ["model", "image", "boxes", "batch"] if yolo else ["model", "batch"]
+    cols += [f"{lab(k)} ms" for k in keys] + [f"{lab(k)} img/s" for k in keys]
+    cols += [f"{lab(k)} / {lab(reference)}" for k in ours] + [f"{lab(k)} compile s" for k in ours]
+    cols += [f"{lab(k)} XLA GFLOP/img" for k in ours]
     return "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols)
 
 
@@ -299,6 +549,8 @@ def table_row(r: dict) -> str:
     ours = [k for k in keys if k.startswith("ours")]
     reference = next(k for k in keys if k.startswith("torch"))
     cells = [r["model"], str(r["batch"])]
+    if "image_size" in r:
+        cells[1:1] = [str(r["image_size"]), str(r["boxes"])]
     cells += [f"{v[k]['ms']:.1f}" for k in keys] + [f"{v[k]['images_per_s']:.1f}" for k in keys]
     cells += [f"{v[k]['images_per_s'] / v[reference]['images_per_s']:.2f}x" for k in ours]
     cells += [f"{v[k]['compile_s']:.1f}" for k in ours] + [f"{v[k]['gflop_per_image']:.2f}" for k in ours]
@@ -313,25 +565,42 @@ def main() -> None:
     print(f"Machine: {machine_description()}; {platform.python_version()}, jax {jax.__version__} "
           f"({jax.default_backend()}, {len(jax.devices())} device(s)), torch {torch.__version__} "
           f"(threads {torch.get_num_threads()}), {TORCHVISION}")
-    print(f"ours {ARGS.dtype} depthwise {ARGS.depthwise}, batch sharded over {len(jax.devices())} device(s); PyTorch autocast {ARGS.torch_amp}"
-          f"{' (fp16 with GradScaler)' if 'fp16' in ARGS.torch_amp else ''}"
-          f"{', channels_last, cudnn.benchmark' if ARGS.device == 'gpu' else ''}; SGD lr {ARGS.lr} momentum 0.9 "
-          f"wd {ARGS.weight_decay}; {ARGS.warmup} warm-up steps, {ARGS.repeats} rounds x {ARGS.steps} step(s)",
-          flush=True)
+    yolo_models = [name for name in ARGS.models if is_yolo(name)]
+    if len(yolo_models) < len(ARGS.models):
+        print(f"ours {ARGS.dtype} depthwise {ARGS.depthwise}, batch sharded over {len(jax.devices())} device(s); PyTorch autocast {ARGS.torch_amp}"
+              f"{' (fp16 with GradScaler)' if 'fp16' in ARGS.torch_amp else ''}"
+              f"{', channels_last, cudnn.benchmark' if ARGS.device == 'gpu' else ''}; SGD lr {ARGS.lr} momentum 0.9 "
+              f"wd {ARGS.weight_decay}; {ARGS.warmup} warm-up steps, {ARGS.repeats} rounds x {ARGS.steps} step(s)",
+              flush=True)
+    if yolo_models:
+        recipe = ("ultralytics' recipe (grad clip 10, 3 parameter groups, nesterov SGD 0.937, EMA)"
+                  if ARGS.yolo_optimizer == "ultralytics" else "nesterov SGD 0.937 lr 0.01 wd 5e-4")
+        print(f"YOLO: {ARGS.image_size}x{ARGS.image_size}, {ARGS.yolo_boxes} boxes/image, 80 classes; ours "
+              f"{ARGS.dtype} depthwise {ARGS.depthwise} vs the PyTorch step of ultralytics' trainer, autocast "
+              f"{ARGS.torch_amp} (GradScaler for fp16)"
+              f"{', channels_last, cudnn.benchmark' if ARGS.device == 'gpu' else ''}"
+              f"; {recipe}; {ARGS.warmup} warm-up steps, {ARGS.repeats} rounds x {ARGS.steps} step(s)", flush=True)
+        for name in yolo_models:
+            print(f"  {name}: reference {yolo_torch_base(name)[2]}", flush=True)
     results, rows = [], []
     for name in ARGS.models:
         for batch in ARGS.batch:
             r = benchmark(name, batch)
             results.append(r)
             rows.append(table_row(r))
-            detail = ", ".join(f"{label(k)}: loss {x['loss']:.3f}, ms min/max {x['spread'][0]:.1f}/{x['spread'][1]:.1f}"
+            detail = ", ".join(f"{label(k, r['reference'])}: loss {x['loss']:.3f}, ms min/max {x['spread'][0]:.1f}/{x['spread'][1]:.1f}"
                                for k, x in r["variants"].items())
             print(f"{name} batch {batch}: {detail}", flush=True)
-            print(table_header(list(r["variants"])) + "\n" + rows[-1], flush=True)
+            print(table_header(list(r["variants"]), r["reference"], "image_size" in r) + "\n" + rows[-1], flush=True)
             for key, x in r["variants"].items():
                 for op, ms, share in x.get("top_ops", []):
-                    print(f"    {label(key)} {ms:8.2f} ms/step {100 * share:5.1f}%  {op[:110]}")
-    print("\n" + table_header(list(results[0]["variants"])) + "\n" + "\n".join(rows))
+                    print(f"    {label(key, r['reference'])} {ms:8.2f} ms/step {100 * share:5.1f}%  {op[:110]}")
+    groups: dict[tuple, list[int]] = defaultdict(list)  # one table per reference (torchvision, ultralytics, ...)
+    for i, r in enumerate(results):
+        groups[(r["reference"], "image_size" in r)].append(i)
+    for (reference, yolo), members in groups.items():
+        print("\n" + table_header(list(results[members[0]]["variants"]), reference, yolo) + "\n"
+              + "\n".join(rows[i] for i in members))
     if ARGS.json:
         record = dict(machine=machine_description(), args={k: str(v) for k, v in vars(ARGS).items()}, results=results)
         ARGS.json.write_text(json.dumps(record, indent=1, default=str))
