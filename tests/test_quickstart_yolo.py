@@ -44,9 +44,10 @@ def test_predict_draws_the_run_s_boxes_on_held_out_shapes(quickstart, tmp_path):
             found += any(name == shapes.SHAPES_CLASSES[label] and _iou(box, other) >= 0.5 for name, other in names)
         assert {name for name, _ in names} <= set(shapes.SHAPES_CLASSES[1:])
     assert found >= 0.6 * total, f"{found} of {total} held-out objects found with their class"
+    busiest = max(range(len(paths)), key=lambda i: len(results[i]["detections"]))  # boxes at the default 0.3
     drawn = tmp_path / "drawn"
     _run([sys.executable, str(ROOT / "predict.py"), "--checkpoint", str(workdir), "--output-dir", str(drawn),
-          str(paths[0])], workdir)
+          str(paths[busiest])], workdir)
     (picture,) = drawn.iterdir()
-    original = np.asarray(Image.open(paths[0]).convert("RGB"), np.int32)
+    original = np.asarray(Image.open(paths[busiest]).convert("RGB"), np.int32)
     assert (np.abs(np.asarray(Image.open(picture).convert("RGB"), np.int32) - original).sum(-1) > 60).mean() > 0.01

@@ -124,8 +124,8 @@ class YoloDataset:
         if over.size:
             i = over[0]
             raise DatasetError(f"image {data.images[i]} has {counts[i]} boxes ({data.label_files[i]}), more than "
-                         f"max_boxes={max_boxes} ({over.size} image(s) of split {split!r} do): raise "
-                         f"config.max_boxes to at least {counts.max()} (--config.max_boxes={counts.max()})")
+                               f"max_boxes={max_boxes} ({over.size} image(s) of split {split!r} do): raise "
+                               f"config.max_boxes to at least {counts.max()} (--config.max_boxes={counts.max()})")
         n = len(data)
         cx, cy, w, h = data.boxes.T
         xyxy = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=-1).clip(0, 1).astype(np.float32)
@@ -167,21 +167,21 @@ def check_image(path: str, decode: bool = True) -> tuple[int, int]:
                 image.load()
     except FileNotFoundError:
         raise DatasetError(f"image {path} not found: restore it, or remove it from the dataset") from None
-    except UnidentifiedImageError:
+    except (UnidentifiedImageError, ImportError):  # ImportError: an opener PIL tried (e.g. a HEIF plugin) is absent
         raise DatasetError(f"image {path} is not an image PIL can read (corrupt, or not an image): {drop}") from None
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ... for damaged files
         detail = (str(e).splitlines() or [type(e).__name__])[0]
         raise DatasetError(f"image {path} is corrupt ({type(e).__name__}: {detail}): {drop}") from None
     if kind not in DECODABLE_FORMATS:
-        raise DatasetError(f"image {path} is a {kind} file, which tf.io.decode_image cannot read: convert it to JPEG or "
-                     f"PNG")
+        raise DatasetError(f"image {path} is a {kind} file, which tf.io.decode_image cannot read: convert it to JPEG "
+                           f"or PNG")
     if width < MIN_IMAGE_SIDE or height < MIN_IMAGE_SIDE:
-        raise DatasetError(f"image {path} is {width}x{height} px; under {MIN_IMAGE_SIDE} px a side ultralytics treats an "
-                     f"image as corrupt: delete it and its label file")
+        raise DatasetError(f"image {path} is {width}x{height} px; under {MIN_IMAGE_SIDE} px a side ultralytics treats "
+                           f"an image as corrupt: delete it and its label file")
     if orientation not in (0, 1):
         raise DatasetError(f"image {path} has EXIF orientation {orientation}, which tf.io.decode_image ignores while "
-                     f"the labels are relative to the rotated view: save it with the rotation applied "
-                     f"(PIL.ImageOps.exif_transpose) and no orientation tag")
+                           f"the labels are relative to the rotated view: save it with the rotation applied "
+                           f"(PIL.ImageOps.exif_transpose) and no orientation tag")
     return height, width
 
 
@@ -194,12 +194,12 @@ def load_yolo_dataset(spec: str, verify_images: bool = False) -> YoloDataset:
     if file.is_dir():
         found = sorted(p for p in file.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
         if len(found) != 1:
-            raise DatasetError(f"dataset folder {file} holds {len(found)} YAML files ({', '.join(p.name for p in found)}), "
-                         f"not one: name the data YAML, {_EXAMPLE}")
+            raise DatasetError(f"dataset folder {file} holds {len(found)} YAML files "
+                               f"({', '.join(p.name for p in found)}), not one: name the data YAML, {_EXAMPLE}")
         file = found[0]
     if not file.is_file():
         raise DatasetError(f"data YAML {file} not found: pass the ultralytics dataset YAML (with path, train, val and "
-                     f"names), {_EXAMPLE}")
+                           f"names), {_EXAMPLE}")
     file = file.resolve()
     data = _read_yaml(file)
     warnings: list[str] = []
@@ -209,11 +209,11 @@ def load_yolo_dataset(spec: str, verify_images: bool = False) -> YoloDataset:
     for key in ("train", "val"):
         if not data.get(key):
             state = "is empty" if key in data else "is missing"
-            raise DatasetError(f"data YAML {file}: {key!r} {state}: 'train' and 'val' name the image folders or lists of "
-                         f"the splits, e.g. '{key}: images/{key}'")
+            raise DatasetError(f"data YAML {file}: {key!r} {state}: 'train' and 'val' name the image folders or lists "
+                               f"of the splits, e.g. '{key}: images/{key}'")
         if not isinstance(data[key], (str, list)):
             raise DatasetError(f"data YAML {file}: {key!r} must be a string or a list, not {type(data[key]).__name__} "
-                         f"({data[key]!r})")
+                               f"({data[key]!r})")
     names = _names(file, data)
     root = _root(file, data, warnings)
     keypoint_columns = _keypoint_columns(file, data)
@@ -249,12 +249,12 @@ def _read_yaml(file: Path) -> dict:
                      ) from None
     if not isinstance(data, dict):
         raise DatasetError(f"data YAML {file} is not a mapping of keys (path, train, val, names): it holds a "
-                     f"{type(data).__name__}; see https://docs.ultralytics.com/datasets/detect/")
+                           f"{type(data).__name__}; see https://docs.ultralytics.com/datasets/detect/")
     for key, types in KEY_TYPES.items():
         if data.get(key) is not None and not isinstance(data[key], types):
             expected = " or ".join("a string" if t is str else f"a {t.__name__}" for t in types)
             raise DatasetError(f"data YAML {file}: {key!r} must be {expected}, not {type(data[key]).__name__} "
-                         f"({data[key]!r})")
+                               f"({data[key]!r})")
     return data
 
 
@@ -270,7 +270,7 @@ def _names(file: Path, data: dict) -> tuple[str, ...]:
     if names is None:
         if nc is None:
             raise DatasetError(f"data YAML {file} has neither 'names' nor 'nc': add the class names, e.g. "
-                         f"'names: [person, car]' or 'names: {{0: person, 1: car}}'")
+                               f"'names: [person, car]' or 'names: {{0: person, 1: car}}'")
         if nc < 1:
             raise DatasetError(f"data YAML {file}: 'nc: {nc}' must be at least 1")
         return tuple(f"class_{i}" for i in range(nc))
@@ -279,17 +279,17 @@ def _names(file: Path, data: dict) -> tuple[str, ...]:
             by_index = {int(k): str(v) for k, v in names.items()}
         except (TypeError, ValueError):
             raise DatasetError(f"data YAML {file}: 'names' keys must be class indices 0..n-1, not "
-                         f"{', '.join(repr(k) for k in names)}") from None
+                               f"{', '.join(repr(k) for k in names)}") from None
         if sorted(by_index) != list(range(len(by_index))):
-            raise DatasetError(f"data YAML {file}: 'names' keys {sorted(by_index)} must be 0..{len(by_index) - 1}, each "
-                         f"once: renumber the classes (the label files use these indices)")
+            raise DatasetError(f"data YAML {file}: 'names' keys {sorted(by_index)} must be 0..{len(by_index) - 1}, "
+                               f"each once: renumber the classes (the label files use these indices)")
         names = [by_index[i] for i in range(len(by_index))]
     names = tuple(str(n) for n in names)
     if not names:
         raise DatasetError(f"data YAML {file}: 'names' is empty: list the class names, e.g. 'names: [person, car]'")
     if nc is not None and nc != len(names):
-        raise DatasetError(f"data YAML {file}: 'nc: {nc}' disagrees with the {len(names)} 'names': drop 'nc' or make it "
-                     f"{len(names)}")
+        raise DatasetError(f"data YAML {file}: 'nc: {nc}' disagrees with the {len(names)} 'names': drop 'nc' or make "
+                           f"it {len(names)}")
     return names
 
 
@@ -315,9 +315,9 @@ def _root(file: Path, data: dict, warnings: list[str]) -> Path:
             warnings.append(f"{file}: path: {raw!r} read against the current directory ({path.resolve()}), as "
                             f"ultralytics does, since the YAML's folder holds no {raw!r}")
         else:
-            raise DatasetError(f"data YAML {file}: path: {raw!r} not found in the YAML's folder ({beside}) nor the current "
-                         f"directory (ultralytics would also try its datasets_dir setting): give the dataset root "
-                         f"as an absolute path")
+            raise DatasetError(f"data YAML {file}: path: {raw!r} not found in the YAML's folder ({beside}) nor the "
+                               f"current directory (ultralytics would also try its datasets_dir setting): give the "
+                               f"dataset root as an absolute path")
     path = path.resolve()
     if not path.is_dir():
         raise DatasetError(f"data YAML {file}: path: {raw!r} ({path}) is not a folder: give the dataset root")
@@ -333,7 +333,8 @@ def _split_images(file: Path, root: Path, split: str, value, download: bool) -> 
         sources = [(value, source)]
     else:
         if any(not isinstance(v, str) for v in value):
-            raise DatasetError(f"data YAML {file}: {split!r} must list folders or image-list files as strings, not {value}")
+            raise DatasetError(f"data YAML {file}: {split!r} must list folders or image-list files as strings, not "
+                               f"{value}")
         sources = [(v, (root / v).resolve()) for v in value]
     suffixes = IMAGE_SUFFIXES
     images, warnings = [], []
@@ -349,7 +350,7 @@ def _split_images(file: Path, root: Path, split: str, value, download: bool) -> 
                                 f"convert them to JPEG or PNG to use them")
             if not kept:
                 raise DatasetError(f"split {split!r} ({split}: {raw!r} in {file}): folder {source} holds no images "
-                             f"({', '.join(sorted(suffixes))}): put the images there, or fix the path")
+                                   f"({', '.join(sorted(suffixes))}): put the images there, or fix the path")
             images += kept
         elif source.is_file() and source.suffix.lower() in suffixes:
             images.append(str(source))
@@ -359,7 +360,7 @@ def _split_images(file: Path, root: Path, split: str, value, download: bool) -> 
             hint = " (the YAML has a 'download' entry: ultralytics would download it; fetch the data first)" \
                 if download else ""
             raise DatasetError(f"split {split!r}: {source} does not exist ({split}: {raw!r} in {file}, read against "
-                         f"{root}){hint}: fix the path or the YAML's 'path'")
+                               f"{root}){hint}: fix the path or the YAML's 'path'")
     return sorted(images), warnings
 
 
@@ -369,8 +370,8 @@ def _list_file(source: Path, split: str, suffixes: set[str], warnings: list[str]
         with open(source, encoding="utf-8-sig") as f:
             lines = f.read().splitlines()
     except (OSError, UnicodeDecodeError) as e:
-        raise DatasetError(f"split {split!r}: image list {source} cannot be read ({e}): it must be UTF-8 text, one image "
-                     f"path a line") from None
+        raise DatasetError(f"split {split!r}: image list {source} cannot be read ({e}): it must be UTF-8 text, one "
+                           f"image path a line") from None
     parent = str(source.parent) + os.sep
     images, skipped = [], []
     for number, line in enumerate(lines, 1):
@@ -384,7 +385,8 @@ def _list_file(source: Path, split: str, suffixes: set[str], warnings: list[str]
         path = os.path.abspath(path)  # not resolved: the label file is found from the path as written
         if not os.path.isfile(path):
             raise DatasetError(f"split {split!r}: image list {source} line {number}: {path} not found: fix the line "
-                         f"('./x' is relative to the list's folder, other relative paths to the current directory)")
+                               f"('./x' is relative to the list's folder, other relative paths to the current "
+                               f"directory)")
         images.append(path)
     if skipped:
         number, entry = skipped[0]
@@ -392,7 +394,7 @@ def _list_file(source: Path, split: str, suffixes: set[str], warnings: list[str]
                         f"decode_image reads ({', '.join(sorted(suffixes))}), first line {number}: {entry!r}")
     if not images:
         raise DatasetError(f"split {split!r}: image list {source} lists no images: one image path a line "
-                     f"('./images/x.jpg' relative to the list file)")
+                           f"('./images/x.jpg' relative to the list file)")
     return images
 
 
@@ -565,8 +567,8 @@ class YoloSource(Source):
 def load(config, task: str) -> YoloSource:
     """`--config.dataset=yolo:/path/data.yaml`, checked whole (every box row; images when decoded)."""
     if task != "detection":
-        raise DatasetError(f"dataset {config.dataset!r} holds boxes (ultralytics' detection format): it trains detection "
-                     f"models (yolo*, ssdlite*), not a {task} model")
+        raise DatasetError(f"dataset {config.dataset!r} holds boxes (ultralytics' detection format): it trains "
+                           f"detection models (yolo*, ssdlite*), not a {task} model")
     dataset = load_yolo_dataset(config.dataset)
     for warning in dataset.warnings:
         print(f"warning: {warning}", file=sys.stderr, flush=True)
