@@ -167,8 +167,6 @@ def test_the_readme_output_folder_is_ignored_and_the_digits_numbers_match_the_ru
 
 @pytest.mark.export
 def test_tflite_tensor_names_are_the_export_json_names(tmp_path):
-    pytest.importorskip("tensorflow")
-    pytest.importorskip("ai_edge_litert")
     import jax
 
     from flax_mobilenet.export import export_model
