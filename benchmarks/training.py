@@ -179,20 +179,7 @@ def build_ours(name: str, batch: int, depthwise: str, dtype, yolo_data: dict | N
             "label": jax.device_put(rng.integers(0, 1000, batch).astype(np.int32), sharded)}
     step = jax.jit(functools.partial(steps.train_step, model=model, task=tasks.Classification(), tx=tx,
                                      schedule=schedule, ema_decay=0.0), donate_argnums=0, out_shardings=(replicated, replicated))
-    start = time.perf_counter()
-    compiled = step.lower(state, data).compile()
-    compile_s = time.perf_counter() - start
-    holder = {"state": state, "metrics": None}
-
-    def run(n: int) -> None:
-        state, metrics = holder["state"], None
-        for _ in range(n):
-            state, metrics = compiled(state, data)
-        jax.block_until_ready((state, metrics))
-        holder["state"], holder["metrics"] = state, metrics
-
-    return dict(run=run, compile_s=compile_s, gflop_per_image=xla_flops(compiled) * len(jax.devices()) / batch / 1e9,
-                loss=lambda: float(holder["metrics"]["loss"]))
+    return _compiled_steps(step, state, data, batch)
 
 
 def build_ours_yolo(name: str, batch: int, depthwise: str, dtype, yolo_data: dict) -> dict:
@@ -228,6 +215,11 @@ def build_ours_yolo(name: str, batch: int, depthwise: str, dtype, yolo_data: dic
     step = jax.jit(functools.partial(steps.train_step, model=model, task=task, tx=tx, schedule=schedule,
                                      ema_decay=config.ema_decay, ema_tau=config.ema_tau),
                    in_shardings=(replicated, sharded), out_shardings=(replicated, replicated), donate_argnums=0)
+    return _compiled_steps(step, state, data, batch)
+
+
+def _compiled_steps(step, state, data: dict, batch: int) -> dict:
+    """Compile `step` (timed) and return `run(n)`: n donated steps on the same data, then one sync."""
     start = time.perf_counter()
     compiled = step.lower(state, data).compile()
     compile_s = time.perf_counter() - start
@@ -262,7 +254,6 @@ def build_torch(name: str, batch: int, amp: str, yolo_data: dict | None = None) 
     criterion = torch.nn.CrossEntropyLoss()
     amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
-    holder = {"loss": None}
 
     def one_step() -> torch.Tensor:
         optimizer.zero_grad(set_to_none=True)
@@ -277,13 +268,7 @@ def build_torch(name: str, batch: int, amp: str, yolo_data: dict | None = None) 
             optimizer.step()
         return loss
 
-    def run(n: int) -> None:
-        for _ in range(n):
-            holder["loss"] = one_step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
-    return dict(run=run, loss=lambda: float(holder["loss"].detach()))
+    return _torch_steps(one_step, device)
 
 
 # ------------------------------------------------------------------------------------------------ YOLO
@@ -423,7 +408,6 @@ def build_torch_yolo(name: str, batch: int, amp: str, yolo_data: dict) -> dict:
     amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     clip = ARGS.yolo_optimizer == "ultralytics"
-    holder = {"loss": None}
 
     def one_step() -> torch.Tensor:
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
@@ -439,6 +423,15 @@ def build_torch_yolo(name: str, batch: int, amp: str, yolo_data: dict) -> dict:
         if ema is not None:
             ema.update(model)
         return loss
+
+    return _torch_steps(one_step, device)
+
+
+def _torch_steps(one_step, device) -> dict:
+    """`run(n)`: n PyTorch steps, then one sync (CUDA)."""
+    import torch
+
+    holder = {"loss": None}
 
     def run(n: int) -> None:
         for _ in range(n):
