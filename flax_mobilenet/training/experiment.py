@@ -55,8 +55,13 @@ class Experiment:
         return self.source.info
 
     @cached_property
+    def reference_model(self) -> Any:
+        """The configured model with its reference class count: what its head and input sides are."""
+        return create_model(self.config.model.name, **model_options(self.config))
+
+    @property
     def detection_head(self) -> Any:
-        return create_model(self.config.model.name, **model_options(self.config)).detection_head
+        return self.reference_model.detection_head
 
     @property
     def num_classes(self) -> int:
@@ -88,7 +93,7 @@ class Experiment:
             recipe = self.detection_head.train_recipe if self.task_name == "detection" else ""
         rect_stride = 0
         if self.config.eval_rect and self.eval_transform.resize_mode == "letterbox":
-            rect_stride = create_model(self.config.model.name, **model_options(self.config)).input_multiple
+            rect_stride = self.reference_model.input_multiple
         return Pipeline(self.source, Preprocessing(self.task_name, self.eval_transform, recipe, rect_stride),
                         self.config)
 
@@ -106,7 +111,7 @@ class Experiment:
         config, info = self.config, self.info
         if self.task_name == "detection":
             try:  # a head whose loss is not built yet says so here
-                create_model(config.model.name, **model_options(config)).loss_fn((64, 64))
+                self.reference_model.loss_fn((64, 64))
             except (TypeError, ValueError, NotImplementedError) as error:
                 raise ConfigError(f"config.model: {error}") from None
         num_classes = config.model.num_classes
@@ -125,7 +130,7 @@ class Experiment:
         for key in ("checkpoint_every_steps", "eval_every_steps", "log_every_steps"):
             if config[key] <= 0:
                 raise ConfigError(f"config.{key} must be positive, got {config[key]}")
-        input_multiple = create_model(config.model.name, **model_options(config)).input_multiple
+        input_multiple = self.reference_model.input_multiple
         if config.image_size % input_multiple:
             fixed = max(input_multiple, round(config.image_size / input_multiple) * input_multiple)
             raise ConfigError(f"config.image_size={config.image_size}: {config.model.name} takes sides that are "

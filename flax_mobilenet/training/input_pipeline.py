@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from . import transforms
-from .sources import DatasetError, DatasetInfo, EpochRows, Source, datasets_for, iterate_numpy  # noqa: F401
+from .sources import DatasetError, DatasetInfo, EpochRows, Source, iterate_numpy  # DatasetError: train.py's
 from .transforms import Preprocessing
 
 
