@@ -11,15 +11,29 @@ float IoU XLA fuses into it), so K up to a few thousand per call is the intended
 16 MiB per image). For many classes with few candidates each, run it per class instead (leading
 dimensions are batch dimensions), as `postprocess` does: that is torchvision's "vanilla" batched NMS.
 
-Two exact solvers of the greedy recursion keep[i] = valid[i] and not any(keep[j] and S[j, i], j < i):
-  'greedy'      K sequential steps of O(K) work (a fori_loop): O(K^2) in all, predictable.
+Three exact solvers of the greedy recursion keep[i] = valid[i] and not any(keep[j] and S[j, i], j < i):
+  'greedy'      K sequential steps of O(K) work (a fori_loop): O(K^2) in all, predictable; on an accelerator
+                every step is a loop iteration (kernel launches, a predicate read back), whatever its work.
   'fixed_point' iterate the recursion on the whole vector until it stops changing (a while_loop):
-                O(K^2) per sweep, as many sweeps as the longest suppression chain (<= K, usually a few);
-                wide parallel work, suited to GPU/TPU.
+                O(K^2) per sweep, as many sweeps as the longest suppression chain + 1 (<= K + 1, usually 3-6).
+  'blockwise'   the candidates in ceil(K / BLOCK) balanced blocks in visiting order: when a block's turn comes
+                every earlier box is final, so its own recursion is solved by fixed-point sweeps on its B x B
+                sub-matrix, then its kept boxes suppress the later ones in one masked reduction.  K / B blocks of
+                a few sweeps each (SSDLite's 300 candidates per class: 3 blocks of 100, ~3 sweeps each; at worst
+                B + 1 sweeps), O(K^2) work plus O(K * B) per round of sweeps.
+All three give the same keep mask.  Greedy NMS is the lexicographically first maximal independent set of the
+suppression graph, a P-complete problem: no exact solver is known that needs few parallel steps on every input.
+
+The default, DEFAULT_METHOD = 'auto', is `default_method()`, chosen here and nowhere else by the backend jit
+compiles for (jax.default_backend(), at trace time): 'blockwise' on GPU/TPU, where it replaces K sequential loop
+steps by ~K / B blocks of a few sweeps; 'greedy' on CPU, where a step costs its O(K) work only and a sweep costs
+O(B^2): with long suppression chains (the dense, equally scored candidates of an untrained SSDLite) the sweeps cost
+1.5-3x what the greedy steps do, on easy inputs about the same; 'fixed_point' costs several times more there
+(benchmarks/postprocess.py).
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +41,19 @@ from jax import lax
 
 from .boxes import box_iou, float32_above
 
-METHODS = ("greedy", "fixed_point")
+METHODS = ("greedy", "fixed_point", "blockwise")
+DEFAULT_METHOD = "auto"  # default_method()
+BLOCK = 128  # the most candidates per block ('blockwise'); blocks are balanced: ceil(K / ceil(K / BLOCK)) each
+
+# A `solve_greedy` method ('auto' or one of METHODS), or a function (boxes (..., K, 4), valid (..., K),
+# iou_threshold) -> the keep mask of the same greedy NMS over boxes in index order (the ONNX export passes one that
+# becomes ONNX's NonMaxSuppression).
+NMSMethod = Union[str, Callable[[jax.Array, jax.Array, float], jax.Array]]
+
+
+def default_method() -> str:
+    """The solver 'auto' means: the fastest exact one on the default backend (module docstring)."""
+    return "greedy" if jax.default_backend() == "cpu" else "blockwise"
 
 
 def suppression_matrix(sorted_boxes: jax.Array, iou_threshold: float, sorted_valid: Optional[jax.Array] = None,
@@ -43,23 +69,18 @@ def suppression_matrix(sorted_boxes: jax.Array, iou_threshold: float, sorted_val
     return s
 
 
-def solve_greedy(suppress: jax.Array, valid: jax.Array, method: str = "greedy") -> jax.Array:
-    """The keep mask (..., K) of greedy NMS over boxes in visiting order, given S (..., K, K) from
-    `suppression_matrix` (strictly upper triangular) and the validity mask (..., K)."""
-    if method not in METHODS:
-        raise ValueError(f"unknown NMS method {method!r}; known: {METHODS}")
+def _suppressed_by(keep: jax.Array, suppress: jax.Array) -> jax.Array:
+    """(..., M): which columns of S (..., K, M) a kept row (keep (..., K)) suppresses."""
+    return jnp.any(keep[..., :, None] & suppress, axis=-2)
+
+
+def _fixed_point(suppress: jax.Array, valid: jax.Array) -> jax.Array:
+    """Greedy NMS by whole-vector sweeps until nothing changes: after sweep t the first t entries are final, so it
+    stops after at most K + 1 sweeps (usually a few: as many as the longest suppression chain)."""
     k = valid.shape[-1]
-    if k == 0:
-        return valid
-    if method == "greedy":
-        def step(i, keep):  # keep[..., i] is final here: every j < i has been decided
-            row = lax.dynamic_index_in_dim(suppress, i, axis=suppress.ndim - 2, keepdims=False)
-            kept = lax.dynamic_index_in_dim(keep, i, axis=keep.ndim - 1, keepdims=True)
-            return keep & ~(kept & row)
-        return lax.fori_loop(0, k, step, valid)
 
     def sweep(keep):
-        return valid & ~jnp.any(keep[..., :, None] & suppress, axis=-2)
+        return valid & ~_suppressed_by(keep, suppress)
 
     def cond(state):
         keep, previous, it = state
@@ -69,13 +90,61 @@ def solve_greedy(suppress: jax.Array, valid: jax.Array, method: str = "greedy") 
         keep, _, it = state
         return sweep(keep), keep, it + 1
 
-    # After sweep t the first t entries are final, so this stops after at most K + 1 sweeps.
     keep, _, _ = lax.while_loop(cond, body, (sweep(valid), valid, jnp.int32(1)))
     return keep
 
 
-def greedy_keep(boxes: jax.Array, valid: jax.Array, iou_threshold: float, method: str = "greedy") -> jax.Array:
-    """The keep mask (..., K) of greedy NMS over boxes (..., K, 4) xyxy already in visiting order, valid (..., K)."""
+def _blockwise(suppress: jax.Array, valid: jax.Array, block: int) -> jax.Array:
+    """Greedy NMS block by block: when a block's turn comes every earlier box is final, so its candidates (valid
+    and not suppressed so far) follow the recursion restricted to the block, solved by `_fixed_point` on its
+    sub-matrix; its kept rows then suppress the later boxes in one reduction (S is strictly upper triangular:
+    earlier columns are untouched)."""
+    k = valid.shape[-1]
+    blocks = -(-k // block)
+    b = -(-k // blocks)
+    pad = blocks * b - k  # < blocks
+    if pad:
+        suppress = jnp.pad(suppress, [(0, 0)] * (suppress.ndim - 2) + [(0, pad), (0, pad)])
+        valid = jnp.pad(valid, [(0, 0)] * (valid.ndim - 1) + [(0, pad)])
+
+    def solve_block(i, keep):
+        start = i * b
+        rows = lax.dynamic_slice_in_dim(suppress, start, b, axis=suppress.ndim - 2)  # (..., b, K + pad)
+        candidates = lax.dynamic_slice_in_dim(keep, start, b, axis=keep.ndim - 1)
+        kept = _fixed_point(lax.dynamic_slice_in_dim(rows, start, b, axis=rows.ndim - 1), candidates)
+        keep = keep & ~_suppressed_by(kept, rows)
+        return lax.dynamic_update_slice_in_dim(keep, kept, start, axis=keep.ndim - 1)
+
+    return lax.fori_loop(0, blocks, solve_block, valid)[..., :k]
+
+
+def solve_greedy(suppress: jax.Array, valid: jax.Array, method: str = DEFAULT_METHOD) -> jax.Array:
+    """The keep mask (..., K) of greedy NMS over boxes in visiting order, given S (..., K, K) from
+    `suppression_matrix` (strictly upper triangular) and the validity mask (..., K)."""
+    if method == "auto":
+        method = default_method()
+    if method not in METHODS:
+        raise ValueError(f"unknown NMS method {method!r}; known: 'auto', {', '.join(METHODS)}")
+    k = valid.shape[-1]
+    if k == 0:
+        return valid
+    if method == "greedy":
+        def step(i, keep):  # keep[..., i] is final here: every j < i has been decided
+            row = lax.dynamic_index_in_dim(suppress, i, axis=suppress.ndim - 2, keepdims=False)
+            kept = lax.dynamic_index_in_dim(keep, i, axis=keep.ndim - 1, keepdims=True)
+            return keep & ~(kept & row)
+        return lax.fori_loop(0, k, step, valid)
+    if method == "fixed_point":
+        return _fixed_point(suppress, valid)
+    return _blockwise(suppress, valid, BLOCK)
+
+
+def greedy_keep(boxes: jax.Array, valid: jax.Array, iou_threshold: float,
+                method: NMSMethod = DEFAULT_METHOD) -> jax.Array:
+    """The keep mask (..., K) of greedy NMS over boxes (..., K, 4) xyxy already in visiting order, valid (..., K);
+    `method` a `solve_greedy` method, or a function of (boxes, valid, iou_threshold) that computes it itself."""
+    if callable(method):
+        return method(boxes, valid, iou_threshold)
     return solve_greedy(suppression_matrix(boxes, iou_threshold, valid), valid, method)
 
 
@@ -92,7 +161,7 @@ def sort_by_score(scores: jax.Array, valid: jax.Array) -> jax.Array:
 
 
 def batched_nms(boxes: jax.Array, scores: jax.Array, labels: Optional[jax.Array], valid: Optional[jax.Array],
-                iou_threshold: float, max_output: Optional[int] = None, method: str = "greedy") -> NMSResult:
+                iou_threshold: float, max_output: Optional[int] = None, method: str = DEFAULT_METHOD) -> NMSResult:
     """Class-aware NMS, as `torchvision.ops.batched_nms` per image, with static shapes.
 
     boxes (..., K, 4) xyxy, scores (..., K), labels (..., K) ints (None: one class, plain `nms`),

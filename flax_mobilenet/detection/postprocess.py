@@ -12,7 +12,7 @@ classes and T = 300.
 from __future__ import annotations
 
 import functools
-from typing import Callable, NamedTuple, Union
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +21,7 @@ from jax import lax
 
 from .box_coder import decode
 from .boxes import clip_boxes_to_image, resize_boxes
-from .nms import greedy_keep
+from .nms import DEFAULT_METHOD, NMSMethod, greedy_keep
 
 
 class Detections(NamedTuple):
@@ -36,12 +36,11 @@ class Detections(NamedTuple):
 def postprocess(bbox_regression: jax.Array, cls_logits: jax.Array, anchors: jax.Array, image_size,
                 score_threshold: float = 0.001, nms_iou: float = 0.55, topk_candidates: int = 300,
                 detections_per_img: int = 300,
-                nms_method: Union[str, Callable[[jax.Array, jax.Array, float], jax.Array]] = "greedy") -> Detections:
+                nms_method: NMSMethod = DEFAULT_METHOD) -> Detections:
     """bbox_regression (N, A, 4), cls_logits (N, A, C) (class 0 = background), anchors (A, 4) or
     (N, A, 4) xyxy pixels, image_size (h, w) or (N, 2): the size boxes are clipped to (the network input).
-    Defaults are ssdlite320_mobilenet_v3_large's.  `nms_method`: a `greedy_keep` method, or a function
-    (boxes (..., T, 4), valid (..., T), iou_threshold) -> the keep mask of the same greedy NMS (the ONNX export
-    passes one that becomes ONNX's NonMaxSuppression)."""
+    Defaults are ssdlite320_mobilenet_v3_large's.  `nms_method`: a `greedy_keep` method or a function
+    (`detection.nms.NMSMethod`; the ONNX export passes one that becomes ONNX's NonMaxSuppression)."""
     n, a, c = cls_logits.shape
     scores = jax.nn.softmax(cls_logits.astype(jnp.float32), axis=-1)
     anchors = jnp.broadcast_to(jnp.asarray(anchors, jnp.float32), (n, a, 4))
@@ -56,10 +55,7 @@ def postprocess(bbox_regression: jax.Array, cls_logits: jax.Array, anchors: jax.
     cand_boxes = jnp.take_along_axis(boxes[:, None], top_idx[..., None], axis=2)  # (N, C - 1, T, 4)
 
     # NMS per class (candidates are already in visiting order).
-    if callable(nms_method):
-        keep = nms_method(cand_boxes, cand_valid, nms_iou)
-    else:
-        keep = greedy_keep(cand_boxes, cand_valid, nms_iou, nms_method)
+    keep = greedy_keep(cand_boxes, cand_valid, nms_iou, nms_method)
 
     # The best `detections_per_img` kept candidates, ties by class then rank (a stable sort).
     flat_scores = jnp.where(keep, top_scores, -jnp.inf).reshape(n, -1)

@@ -44,20 +44,20 @@ time limit (ultralytics stops after 2 + 0.05 * N s, yolov5 after 0.5 + 0.05 * N 
 Cost: the NMS is O(K^2) per image in time and memory ((N, K, K) bools; K = 3000 is 9 MB per image).  The
 default K = 3000 is above what a trained model's predict settings (conf 0.25) typically produce and usually
 enough for val (conf 0.001), whose max_det = 300 survivors come from the best few thousand candidates.
-XLA:CPU, 2 images of 8400 anchors x 80 classes, K = 3000: ~45 ms (predict) / ~60 ms (val) with 'greedy',
-~3x that with 'fixed_point' (meant for GPU/TPU).
+XLA:CPU, 2 images of 8400 anchors x 80 classes, K = 3000: ~45 ms (predict) / ~60 ms (val) with 'greedy', the
+default there ('blockwise', GPU/TPU's default, up to ~2x; 'fixed_point' ~3x); benchmarks/postprocess.py times them.
 """
 from __future__ import annotations
 
 import functools
-from typing import Callable, Optional, Sequence, Union
+from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from .nms import greedy_keep
+from .nms import DEFAULT_METHOD, NMSMethod, greedy_keep
 from .postprocess import Detections
 
 MAX_WH = 7680  # the references' class offset (pixels): boxes must be smaller than this for class-aware NMS
@@ -74,9 +74,6 @@ YOLOV5_PRESETS = {  # yolov5 7.0: detect.py conf 0.25, iou 0.45, max_det 1000; v
     "predict": dict(conf_threshold=0.25, iou_threshold=0.45, multi_label=False, max_det=1000),
     "val": dict(conf_threshold=0.001, iou_threshold=0.6, multi_label=True, max_det=300),
 }
-
-NMSMethod = Union[str, Callable[[jax.Array, jax.Array, float], jax.Array]]
-
 
 def xywh_to_xyxy(boxes: jax.Array) -> jax.Array:
     """(..., 4) cx, cy, w, h -> x1, y1, x2, y2 with the references' float operations (centre -/+ size / 2)."""
@@ -133,10 +130,7 @@ def _yolo_nms(boxes_xywh: jax.Array, class_scores: jax.Array, objectness: Option
         nms_boxes = cand_boxes
     else:
         nms_boxes = cand_boxes + (cand_labels.astype(jnp.float32) * np.float32(max_wh))[..., None]
-    if callable(nms_method):
-        keep = nms_method(nms_boxes, cand_valid, iou_threshold)
-    else:
-        keep = greedy_keep(nms_boxes, cand_valid, iou_threshold, nms_method)
+    keep = greedy_keep(nms_boxes, cand_valid, iou_threshold, nms_method)
 
     # The first max_det kept, in visiting order (top_k keeps equal scores in position order).
     kept_scores = jnp.where(keep & cand_valid, top_scores, -jnp.inf)
@@ -175,7 +169,7 @@ def yolo_postprocess(predictions: jax.Array, conf_threshold: float = 0.25, iou_t
                      multi_label: bool = False, max_det: int = 300, agnostic: bool = False,
                      max_candidates: int = DEFAULT_MAX_CANDIDATES, classes: Optional[Sequence[int]] = None,
                      num_classes: Optional[int] = None, max_wh: float = MAX_WH,
-                     nms_method: NMSMethod = "greedy") -> Detections:
+                     nms_method: NMSMethod = DEFAULT_METHOD) -> Detections:
     """Anchor-free YOLO predictions (N, A, 4 + nc) (cx, cy, w, h, class scores; ultralytics' eval output
     transposed) -> `Detections` with 0-based labels, as `ultralytics.utils.nms.non_max_suppression`.
 
@@ -183,8 +177,9 @@ def yolo_postprocess(predictions: jax.Array, conf_threshold: float = 0.25, iou_t
     `max_candidates`: K, the candidates (scores > conf_threshold) entering the O(K^2) NMS, the best first (the module
     docstring says when the result is the reference's).  `classes`: keep only these labels.  `num_classes`: channels
     after 4 + num_classes (mask coefficients, ...) are ignored (default: none are extra).  `nms_method`: a
-    `greedy_keep` method ('greedy', 'fixed_point') or a callable (boxes (N, K, 4), valid (N, K), iou_threshold) ->
-    keep mask (N, K) of greedy NMS visiting the boxes in index order (the ONNX export's `nms_keep`).
+    `detection.nms` method ('auto': by backend; 'greedy', 'fixed_point', 'blockwise': the same keep set) or a
+    callable (boxes (N, K, 4), valid (N, K), iou_threshold) -> keep mask (N, K) of greedy NMS visiting the boxes in
+    index order (the ONNX export's `nms_keep`).
     Compiled with jax.jit (the options are static); usable inside a jitted function too.
     """
     nc = _check(predictions, conf_threshold, iou_threshold, max_det, max_candidates, 4, num_classes)
@@ -199,7 +194,7 @@ def yolov5_postprocess(predictions: jax.Array, conf_threshold: float = 0.25, iou
                        multi_label: bool = False, max_det: int = 1000, agnostic: bool = False,
                        max_candidates: int = DEFAULT_MAX_CANDIDATES, classes: Optional[Sequence[int]] = None,
                        num_classes: Optional[int] = None, max_wh: float = MAX_WH,
-                       nms_method: NMSMethod = "greedy") -> Detections:
+                       nms_method: NMSMethod = DEFAULT_METHOD) -> Detections:
     """Anchor-based yolov5 predictions (N, A, 5 + nc) (cx, cy, w, h, objectness, class scores) -> `Detections` with
     0-based labels, as the `yolov5` 7.0 package's `utils.general.non_max_suppression`: score = objectness * class
     score, candidates need objectness > conf_threshold too.
