@@ -28,6 +28,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import flax_mobilenet as fm
 from flax_mobilenet.checkpoint import eval_transform
 from flax_mobilenet.export import FORMATS, MissingConverterError, export_model
+from flax_mobilenet.inference import DEFAULT_PRECISION, PRECISIONS
 
 
 def main(argv=None) -> int:
@@ -45,6 +46,12 @@ def main(argv=None) -> int:
     parser.add_argument("--raw-outputs", action="store_true",
                         help="detection models: export the raw head outputs (and anchors.npy) without the "
                              "post-processing (needed for TFLite)")
+    parser.add_argument("--precision", choices=PRECISIONS, default=DEFAULT_PRECISION,
+                        help="StableHLO: the arithmetic written into its convs and matmuls, kept on any backend that "
+                             "runs it: 'highest' (the default; float64-close on GPUs and TPUs too), 'high' or "
+                             "'default' (TF32 on NVIDIA GPUs, bfloat16 on TPUs: faster, 2.5e-4 relative on an "
+                             "H200). ONNX and TFLite files hold plain float32 ops (their runtime chooses): "
+                             "'highest' only")
     parser.add_argument("--overwrite", action="store_true",
                         help="write into an --output folder that is not empty (its model file and export.json are "
                              "replaced; other files stay)")
@@ -68,6 +75,7 @@ def main(argv=None) -> int:
         output = export_model(metadata["model"], loaded.variables, args.output, args.batch_size, args.image_size,
                               format=args.format, transform=eval_transform(metadata),
                               class_names=metadata.get("class_names"), postprocess=not args.raw_outputs,
+                              precision=args.precision,
                               **{k: metadata[k] for k in ("num_classes",) if k in metadata},  # else the model's
                               **metadata.get("overrides", {}))
     except (MissingConverterError, ValueError, TypeError, OSError) as error:

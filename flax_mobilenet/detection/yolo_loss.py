@@ -129,7 +129,10 @@ def distribution_focal_loss(box_distributions: jax.Array, targets: jax.Array, re
     weight_left = right.astype(targets.dtype) - targets
     weight_right = 1 - weight_left
     log_p = jax.nn.log_softmax(box_distributions.reshape(n, a, 4, reg_max), axis=-1)
-    pick = lambda bins: jnp.take_along_axis(log_p, bins[..., None], axis=-1)[..., 0]  # noqa: E731
+
+    def pick(bins: jax.Array) -> jax.Array:  # a one-hot sum, not a gather (exact; compiles faster): see ssd_loss
+        return jnp.sum(jnp.where(jax.nn.one_hot(bins, reg_max, dtype=jnp.bool_), log_p, 0.0), axis=-1)
+
     return -jnp.mean(pick(left) * weight_left + pick(right) * weight_right, axis=-1)
 
 

@@ -12,6 +12,7 @@ The ONNX and TFLite converters are optional (requirements-export.txt) and import
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import io
@@ -25,7 +26,7 @@ import jax
 import numpy as np
 
 from ..heads.ssdlite import ANCHORS_FILE  # noqa: F401  (public here since the first detection export)
-from ..inference import folded_model
+from ..inference import DEFAULT_PRECISION, check_precision, folded_model, matmul_precision
 from ..registry import model_spec, weights_info
 from ..weights import WeightsInfo
 from .common import (EXPORT_INSTALL, MAX_REL_DIFF, ConversionError, ExportCheckError, MissingConverterError,
@@ -117,7 +118,8 @@ def _graph(model: Any, folded: Any, task: str, size: int, postprocess: bool, nms
 
 def export_model(name: str, variables: dict[str, Any], output: str | os.PathLike, batch_size: Optional[int] = None,
                  image_size: Optional[int] = None, format: str = "stablehlo", transform: Optional[WeightsInfo] = None,
-                 class_names: Optional[list[str]] = None, postprocess: bool = True, **overrides: Any) -> Path:
+                 class_names: Optional[list[str]] = None, postprocess: bool = True,
+                 precision: str = DEFAULT_PRECISION, **overrides: Any) -> Path:
     """Write OUTPUT/model.<format> (weights inside) and OUTPUT/export.json (the input contract); returns OUTPUT.
 
     `batch_size=None`: any batch size for StableHLO and ONNX (a symbolic batch), batch 1 for TFLite (whose
@@ -131,8 +133,16 @@ def export_model(name: str, variables: dict[str, Any], output: str | os.PathLike
     outputs alone with `postprocess=False` (anchors.npy written beside them).  Raises ExportCheckError (writing
     nothing) if the artifact's logits (detection: raw outputs) differ from `model.apply`'s by more than 1e-4
     relative, and MissingConverterError (naming the pip command) if the converter or runtime is not installed.
+
+    `precision` (`inference.PRECISIONS`) is written into the StableHLO artifact's convs and matmuls, so it holds on
+    whatever backend runs it ('highest': float64-close everywhere; 'default': TF32 / bfloat16 on GPUs / TPUs).  ONNX
+    and TFLite files have no such setting (float32 ops; the runtime picks its kernels): they take 'highest' only.
     """
     backend = _backend(format)
+    if format != "stablehlo" and check_precision(precision) != "highest":
+        raise ValueError(f"precision {precision!r} applies to the StableHLO export only: a {format} file holds plain "
+                         f"float32 convs and matmuls, and its runtime chooses their arithmetic; keep precision "
+                         f"'highest' (the default) or export --format stablehlo")
     task = model_spec(name, **overrides).task
     if task == "detection" and postprocess and format == "tflite":
         raise ValueError(f"{name}: TFLite's converter cannot convert the detection post-processing (its NMS "
@@ -152,11 +162,14 @@ def export_model(name: str, variables: dict[str, Any], output: str | os.PathLike
     names = [output_name for output_name, _, _ in graph.outputs]
     batch = backend.DEFAULT_BATCH if batch_size is None else batch_size
     images = check_images(transform, batch or CHECK_BATCH)
-    with jax.default_matmul_precision("highest"):  # GPUs would otherwise round the reference to TF32
+    # The reference computes at the export's precision (ONNX/TFLite: full float32), so a StableHLO export at
+    # 'default' on a GPU is checked against TF32 logits, not failed for them; only StableHLO records a precision.
+    with matmul_precision(precision):
         reference = dict(zip(names, jax.device_get(jax.jit(graph.forward)(images))))
     try:
-        data, converter = backend.convert(graph.forward, (batch, size, size, 3),
-                                          [(output_name, shape) for output_name, shape, _ in graph.outputs])
+        with matmul_precision(precision) if format == "stablehlo" else contextlib.nullcontext():
+            data, converter = backend.convert(graph.forward, (batch, size, size, 3),
+                                              [(output_name, shape) for output_name, shape, _ in graph.outputs])
     except MissingConverterError:
         raise
     except Exception as error:  # noqa: BLE001 - each converter raises its own types; name the model and line
@@ -178,13 +191,16 @@ def export_model(name: str, variables: dict[str, Any], output: str | os.PathLike
                     for output_name, shape, meaning in graph.outputs],
         "check": {"runtime": runtime, "batch": len(images), "seed": CHECK_SEED, "outputs": list(graph.checked),
                   "inputs": "uniform [0, 1) pixels normalized with the mean/std above",
-                  "reference": f"model.apply of the folded variables (jax {jax.__version__})",
+                  "reference": f"model.apply of the folded variables (jax {jax.__version__}, precision "
+                               f"{precision!r})",
                   "max_rel_diff": difference, "tolerance": MAX_REL_DIFF},
         "jax_version": jax.__version__,
     }
     if task == "classification":
         metadata["output"] = graph.outputs[0][2]
-    if format != "stablehlo":
+    if format == "stablehlo":
+        metadata["precision"] = precision
+    else:
         metadata["input"]["name"] = "images"
     if format == "tflite":
         metadata["input"]["batch_note"] = ("fixed batch: TFLite's converter cannot take a batch-polymorphic "
