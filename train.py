@@ -15,6 +15,8 @@ whether reference weights exist: python predict.py --list-models
 """
 import os
 import sys
+import threading
+import traceback
 
 # TensorFlow (tf.data only) prints its oneDNN notice twice at import and a line about absl's log; its oneDNN
 # kernels only affect TF math ops, which the input pipeline barely uses.  Keep the start-up quiet.
@@ -49,13 +51,23 @@ def initialize_distributed() -> None:
         jax.distributed.initialize()  # a multi-host Cloud TPU slice: peers come from the TPU metadata
 
 
+EXIT_GRACE_SECONDS = 10  # after an error, how long the interpreter's shutdown may take before the process ends
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
     initialize_distributed()
+    exit_bounded(run())
+
+
+def run() -> int:
+    """Train as configured; the exit code. A cause the user can fix is one line; anything else is a one-line summary,
+    then its traceback."""
     from flax_mobilenet.inference import enable_compilation_cache
     from flax_mobilenet.training import trainer
+    from flax_mobilenet.training.checkpoints import CheckpointWriteError
     from flax_mobilenet.training.input_pipeline import DatasetError
 
     enable_compilation_cache()  # a resumed (preempted) run loads its compiled steps instead of compiling
@@ -63,13 +75,37 @@ def main(argv):
         print(note, file=sys.stderr if note.startswith("warning") else sys.stdout, flush=True)
     try:
         trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    except (trainer.ConfigError, trainer.TrainingDiverged, DatasetError) as error:
+    except (trainer.ConfigError, trainer.TrainingDiverged, DatasetError, CheckpointWriteError) as error:
         print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
+        return 1
     except KeyboardInterrupt:  # a second Ctrl-C, or one before the first step: nothing new was saved
         print("\ninterrupted (Ctrl-C): the checkpoints written before stay; run the same command to resume",
               file=sys.stderr)
-        sys.exit(130)
+        return 130
+    except SystemExit as stop:  # trainer.Stopped: saved at a SIGTERM / Ctrl-C
+        return stop.code if isinstance(stop.code, int) else 1
+    except Exception as error:  # noqa: BLE001 - every failure ends the process, with its cause first
+        first = (str(error).strip().splitlines() or [""])[0][:500]
+        if "RESOURCE_EXHAUSTED" in first or "Out of memory" in first:
+            print(f"error: out of memory: {first}; lower --config.batch_size (or --config.image_size); the "
+                  f"checkpoints written before stay", file=sys.stderr)
+            return 1
+        print(f"error: unexpected {type(error).__name__}: {first} (the traceback follows; the checkpoints written "
+              f"before stay, run the same command to resume)", file=sys.stderr)
+        traceback.print_exc()
+        return 1
+    return 0
+
+
+def exit_bounded(code: int) -> None:
+    """Exit with `code`; if the interpreter's shutdown hangs (a library's non-daemon thread, a device call that
+    never returns), end the process anyway after EXIT_GRACE_SECONDS."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    watchdog = threading.Timer(EXIT_GRACE_SECONDS, os._exit, args=(code,))
+    watchdog.daemon = True
+    watchdog.start()
+    sys.exit(code)
 
 
 def recipe_batch_size() -> int:

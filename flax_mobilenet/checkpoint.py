@@ -13,6 +13,8 @@ import dataclasses
 import json
 import logging
 import os
+import re
+import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -31,6 +33,59 @@ def ranking_metric(metrics: dict[str, float]) -> tuple[str, float]:
     eval_map): its (name, value), higher is better."""
     ((name, value),) = metrics.items()
     return name, float(value)
+
+
+def error_cause(error: BaseException) -> str:
+    """The operating system's words for a write/read failure buried in orbax/tensorstore's message (its
+    os_error_code), else the first line of the innermost error."""
+    chain = [error]
+    while (chain[-1].__cause__ or chain[-1].__context__) is not None and len(chain) < 16:
+        chain.append(chain[-1].__cause__ or chain[-1].__context__)
+    for link in chain:
+        if isinstance(link, OSError) and link.errno:
+            return f"{os.strerror(link.errno)} (errno {link.errno})"
+        code = re.search(r"os_error_code='?(\d+)", str(link))
+        if code:
+            return f"{os.strerror(int(code.group(1)))} (errno {code.group(1)})"
+    lines = str(chain[-1]).strip().splitlines()
+    if not lines:
+        return type(chain[-1]).__name__
+    first = re.sub(r"\s*\[tensorstore_spec=.*$", "", lines[0])  # the JSON spec of the store read or written
+    clauses = [part for part in first.split(": ") if part.strip()]  # tensorstore nests "STATUS: what: why: ..."
+    return f"{clauses[0]}: {clauses[-1]}" if len(clauses) > 2 else first[:300]
+
+
+class _OrbaxErrorsOnce(logging.Filter):
+    """orbax logs each failed background write at ERROR with its traceback, and asyncio each of its abandoned write
+    tasks; the failure is raised once, with its cause, by the code that waits for it: drop those copies (and
+    orbax's warning, at every save without an eval, that a metric is tracked)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR:
+            return not ("orbax" in record.pathname or "orbax" in record.getMessage())
+        return "tracked_metric" not in record.getMessage()
+
+
+_ORBAX_ERRORS_ONCE = _OrbaxErrorsOnce()  # installed for the process's life: abandoned tasks are logged at exit
+
+
+def quiet_abandoned_io() -> None:
+    """After a failed write or read orbax closes its event loop while tensorstore still completes the other futures;
+    each completion then reports 'Event loop is closed' as an unraisable error (hundreds per failure). Drop those
+    (the failure itself is raised once, by our callers); every other unraisable error is reported as
+    before. Process-wide and idempotent."""
+    logging.getLogger("absl").addFilter(_ORBAX_ERRORS_ONCE)
+    logging.getLogger("asyncio").addFilter(_ORBAX_ERRORS_ONCE)
+    previous = sys.unraisablehook
+    if getattr(previous, "quiets_abandoned_writes", False):
+        return
+
+    def hook(unraisable) -> None:
+        if not (isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"):
+            previous(unraisable)
+
+    hook.quiets_abandoned_writes = True
+    sys.unraisablehook = hook
 
 
 def save_variables(directory: str | os.PathLike, variables: dict[str, Any],
@@ -138,12 +193,36 @@ def open_checkpoint(path: str | os.PathLike, step: Optional[int] = None) -> Load
                              f"{', '.join(map(str, sorted(kept)))}")
         else:
             chosen, how = step, "as asked"
-        state = manager.restore(chosen, args=ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardRestore()}))
+        state = _restore_step(manager, workdir, chosen, kept)
     finally:
         manager.close()
     state = state[STATE_ITEM]
     variables = _tree_map(np.asarray, {"params": state["params"], "batch_stats": state["batch_stats"]})
     return LoadedCheckpoint(variables, load_metadata(workdir), f"{workdir} step {chosen} ({how})")
+
+
+def _restore_step(manager: Any, workdir: Path, step: int, kept: list[int]) -> dict[str, Any]:
+    """The state of a kept step; a step that fails to restore is named, with the kept steps that do restore."""
+    import orbax.checkpoint as ocp
+
+    def restore(number: int) -> dict[str, Any]:
+        return manager.restore(number, args=ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardRestore()}))
+
+    quiet_abandoned_io()
+    try:
+        return restore(step)
+    except Exception as error:  # noqa: BLE001 - truncated/missing files surface as many error types
+        cause = error_cause(error)
+    good = []
+    for other in sorted(set(kept) - {step}, reverse=True):
+        try:
+            restore(other)
+            good.append(other)
+        except Exception:  # noqa: BLE001 - damaged as well
+            pass
+    others = (f"the good steps are {', '.join(map(str, good))}: pass one with --step (predict.py, export.py) or use "
+              f"its folder {workdir / CHECKPOINTS_DIR}/STEP" if good else "no other kept step restores either")
+    raise ValueError(f"step {step} of the training run {workdir} is damaged ({cause}); {others}")
 
 
 def load_variables(path: str | os.PathLike, step: Optional[int] = None) -> dict[str, Any]:

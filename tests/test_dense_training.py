@@ -63,7 +63,7 @@ def test_shapes_batches_resume_exactly_and_keep_labels_aligned(model):
     for key in first[2]:
         np.testing.assert_array_equal(first[2][key], resumed[key], err_msg=key)
     batch = first[0]
-    assert batch["image"].shape == (8, 64, 64, 3) and batch["image"].dtype == np.float32
+    assert batch["image"].shape == (8, 64, 64, 3) and batch["image"].dtype == np.uint8  # normalised on the device
     if model.startswith("lraspp"):
         assert batch["label"].shape == (8, 64, 64)
         assert set(np.unique(batch["label"])) <= set(range(NUM_CLASSES)) | {255}

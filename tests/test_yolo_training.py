@@ -66,10 +66,12 @@ def test_yolo_folder_trains_with_mosaic_resumes_exactly_and_evaluates_letterboxe
         np.testing.assert_array_equal(first[3][key], resumed[key], err_msg=key)
     batch = first[0]
     assert batch["image"].shape == (4, 64, 64, 3) and batch["boxes"].shape == (4, 16, 4)  # 4 images' boxes
-    assert batch["image"].min() >= 0 and batch["image"].max() <= 1  # ultralytics' inputs: x / 255
+    assert batch["image"].dtype == np.uint8  # the step normalises on the device: ultralytics' inputs x / 255
+    normalised = np.asarray(experiment.pipeline.device_transform(train=True)(batch)["image"])
+    np.testing.assert_allclose(normalised, batch["image"] / 255.0, atol=1e-6)
     valid, labels = batch["box_mask"], batch["labels"]
     assert (valid == (labels > 0)).all() and valid.any() and set(labels[valid]) <= {1, 2, 3}
-    pixels = np.round(batch["image"] * 255)
+    pixels = batch["image"].astype(np.float64)
     inside = [_colour_inside(pixels[i], box, COLOURS[label - 1])
               for i in range(4) for box, label in zip(batch["boxes"][i][valid[i]], labels[i][valid[i]])]
     assert np.median(inside) > 0.8  # the boxes follow their rectangles through mosaic and perspective
@@ -80,8 +82,8 @@ def test_yolo_folder_trains_with_mosaic_resumes_exactly_and_evaluates_letterboxe
     assert sum(b["mask"].sum() for b in evaluated) == 12
     image, boxes, labels = evaluated[0]["image"][0], evaluated[0]["boxes"][0], evaluated[0]["labels"][0]
     assert image.shape == (64, 64, 3) and (labels > 0).sum() == 1  # 96x128 letterboxed to 48x64, grey bands
-    np.testing.assert_allclose(image[:8], 114 / 255, atol=1e-6)
-    assert _colour_inside(np.round(image * 255), boxes[0], COLOURS[labels[0] - 1]) > 0.8
+    np.testing.assert_array_equal(image[:8], 114)  # uint8: normalised on the device
+    assert _colour_inside(image.astype(np.float64), boxes[0], COLOURS[labels[0] - 1]) > 0.8
 
 
 def test_yolo_eval_runs_in_ultralytics_rectangular_batches(tmp_path):

@@ -7,24 +7,49 @@ checkpoint as the latest.
 """
 from __future__ import annotations
 
+import errno
+import os
+import shutil
 from pathlib import Path
 from typing import Any, Optional
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 from flax import traverse_util
 from orbax.checkpoint.checkpoint_managers import preservation_policy as preservation
 
-from ..checkpoint import (CHECKPOINTS_DIR, STATE_ITEM, LoadedCheckpoint, manager_options, open_checkpoint,
-                          ranking_metric)
+from ..checkpoint import (CHECKPOINTS_DIR, STATE_ITEM, LoadedCheckpoint, error_cause, manager_options, open_checkpoint,
+                          quiet_abandoned_io, ranking_metric)
 
 
 def _best_metric(metrics: dict[str, float]) -> float:
     return ranking_metric(metrics)[1]
 
 
+DAMAGED_DIR = "damaged_checkpoints"  # where resume moves a step that fails to restore (beside checkpoints/)
+SPACE_MARGIN = 1.2  # a step's write needs the last step's size on disk plus this much for orbax's metadata
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (no space, permission, quota): the earlier ones are intact."""
+
+
+class DamagedCheckpoint(RuntimeError):
+    """A kept step that fails to restore (truncated or missing files)."""
+
+    def __init__(self, step: int, path: Path, reason: str):
+        super().__init__(f"step {step} ({path}) cannot be restored: {reason}")
+        self.step, self.path, self.reason = step, path, reason
+
+
 class TrainingCheckpoints:
-    """Keeps the last `keep` checkpoints plus the one with the best task metric; saves asynchronously."""
+    """Keeps the last `keep` checkpoints plus the one with the best task metric; saves asynchronously.
+
+    A save that cannot be written raises `CheckpointWriteError` (at that save or, written in the background, at the
+    next save or `wait`) after removing its temporary folder; a step that cannot be restored raises
+    `DamagedCheckpoint`."""
 
     def __init__(self, workdir: Path, keep: int, async_save: bool = True):
         self.directory = Path(workdir).absolute() / CHECKPOINTS_DIR
@@ -35,9 +60,15 @@ class TrainingCheckpoints:
         options = manager_options(preservation_policy=policy, enable_async_checkpointing=async_save,
                                    cleanup_tmp_directories=True)
         self.manager = ocp.CheckpointManager(self.directory, options=options)
+        self._writing: Optional[int] = None  # the step whose write may still be in flight
+        quiet_abandoned_io()
 
     def latest_step(self) -> Optional[int]:
         return self.manager.latest_step()
+
+    def steps(self) -> list[int]:
+        """The finished steps, newest first."""
+        return sorted(self.manager.all_steps(), reverse=True)
 
     def best_step(self) -> Optional[int]:
         """The step with the best task metric among the kept checkpoints (None before the first eval)."""
@@ -49,20 +80,83 @@ class TrainingCheckpoints:
         return None if step is None else ranking_metric(self.manager.metrics(step))
 
     def save(self, step: int, state: Any, metrics: Optional[dict[str, float]] = None) -> None:
-        self.manager.save(step, args=ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardSave(state)}), metrics=metrics,
-                          force=True)
+        self.wait()  # the previous background write's failure surfaces here, naming its step
+        self._check_space(step, state)
+        self._writing = step
+        try:
+            self.manager.save(step, args=ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardSave(state)}),
+                              metrics=metrics, force=True)
+        except Exception as error:  # noqa: BLE001 - orbax/tensorstore raise many types; name the step and cause
+            raise self._write_failed(error) from error
+
+    def wait(self) -> None:
+        """Block until the background write is done; a failed one raises `CheckpointWriteError`."""
+        try:
+            self.manager.wait_until_finished()
+        except Exception as error:  # noqa: BLE001
+            raise self._write_failed(error) from error
+        self._writing = None
+
+    def _check_space(self, step: int, state: Any) -> None:
+        """Refuse a write that cannot fit the free space (the size of the last step on disk, else of the state),
+        before orbax starts it: its failures mid-write are noisy and leave partial folders."""
+        latest = self.manager.latest_step()
+        need = (_folder_bytes(self.directory / str(latest)) if latest is not None else
+                sum(int(np.prod(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(state)))
+        free = shutil.disk_usage(self.directory).free
+        if free < need * SPACE_MARGIN:
+            raise CheckpointWriteError(self._write_message(step, f"{os.strerror(errno.ENOSPC)}: about "
+                                                                 f"{need * SPACE_MARGIN / 1e6:.1f} MB needed, "
+                                                                 f"{free / 1e6:.1f} MB free"))
+
+    def _write_failed(self, error: BaseException) -> CheckpointWriteError:
+        step, self._writing = self._writing, None
+        for partial in self.directory.glob(f"{step}.orbax-checkpoint-tmp*"):
+            shutil.rmtree(partial, ignore_errors=True)
+        self.manager.reload()
+        return CheckpointWriteError(self._write_message(step, error_cause(error)))
+
+    def _write_message(self, step: Optional[int], cause: str) -> str:
+        latest = self.manager.latest_step()
+        good = (f"the last good checkpoint is step {latest} ({self.directory / str(latest)})" if latest is not None
+                else "no checkpoint was written before")
+        return (f"cannot write the checkpoint of step {step} to {self.directory}: {cause}; {good}. Free space (or fix "
+                f"the folder's permissions or quota) and run the same command to resume from it")
 
     def restore(self, step: int, like: Any) -> Any:
         """Restore into the structure, dtypes and shardings of `like` (a state or its abstract twin)."""
         target = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
-        restored = self.manager.restore(step, args=ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardRestore(target)}))
+        try:
+            restored = self.manager.restore(step, args=ocp.args.Composite(
+                **{STATE_ITEM: ocp.args.StandardRestore(target)}))
+        except Exception as error:  # noqa: BLE001 - truncated/missing files surface as many error types
+            raise DamagedCheckpoint(step, self.directory / str(step), error_cause(error)) from error
         return restored[STATE_ITEM]
 
-    def wait(self) -> None:
-        self.manager.wait_until_finished()
+    def move_aside(self, step: int) -> Path:
+        """Move a damaged step out of checkpoints/ (to damaged_checkpoints/STEP; never deleted) so that the
+        manager's latest step is the newest good one."""
+        target = self.directory.parent / DAMAGED_DIR / str(step)
+        if jax.process_index() == 0:
+            target.parent.mkdir(exist_ok=True)
+            if target.exists():
+                shutil.rmtree(target)  # an older copy of the same damaged step
+            shutil.move(str(self.directory / str(step)), target)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices(f"moved aside step {step}")
+        self.manager.reload()
+        return target
 
     def close(self) -> None:
-        self.manager.close()
+        """Finish (or, after a failure, abandon) the background write and release orbax's threads."""
+        try:
+            self.manager.close()
+        except Exception:  # noqa: BLE001 - a failed background write was already reported by save/wait
+            pass
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
 
 
 def read_pretrained(path: str) -> LoadedCheckpoint:

@@ -28,6 +28,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.augment = ml_collections.ConfigDict(dict(
         random_resized_crop=True,
         crop_scale_min=0.08,
+        # the crop's resize: antialiased (torchvision/PIL) or plain bilinear (big_vision; the host does 4-5x less)
+        crop_antialias=True,
         flip=True,
         policy="none",  # 'none' | 'autoaugment' (ImageNet policy) | 'randaugment'
         randaugment_num_ops=2,
@@ -92,6 +94,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.checkpoint_every_steps = 1000
     config.keep_checkpoints = 3  # the latest N, plus the best by the task's metric (eval_top1, eval_miou, eval_map)
     config.async_checkpointing = True
+    # before the first step: stop (with the batch size that fits) when the compiled steps need more memory than the
+    # devices have free; False runs anyway (e.g. when swap or unified memory makes up the difference)
+    config.memory_preflight = True
     config.progress_bar = True
     config.init_from = placeholder(str)  # converted or trained checkpoint to fine-tune from
     config.eval_only = False

@@ -4,6 +4,10 @@ resumable batches.
 Determinism is what makes resume exact: epoch e is shuffled with a seed derived from (seed, e), and every random
 augmentation of an example is drawn from stateless ops seeded by (seed, epoch, position in epoch), so batch k is
 the same whether the iterator started at 0 or at k.  TensorFlow is used only here and in the sources, for tf.data.
+
+The host does only what must happen there (read, decode - a JPEG only inside its crop window -, crop, resize, the
+box-aware detection ops) and hands uint8 rows; `device_transform` is the rest (flip, AutoAugment / RandAugment,
+random erasing, normalisation), which the trainer runs inside its jitted steps, keyed by each row's `seed`.
 """
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from . import transforms
+from .device_augment import DeviceTransform
 from .sources import DatasetError, DatasetInfo, EpochRows, Source, iterate_numpy  # DatasetError: train.py's
 from .transforms import Preprocessing
 
@@ -36,6 +41,7 @@ class Pipeline:
 
     def __init__(self, source: Source, preprocessing: Preprocessing, config):
         self.source, self.preprocessing, self.seed = source, preprocessing, config.seed
+        self._augment = config.augment
         # traced once: each epoch's Dataset.map would re-trace a plain function (seconds for an AutoAugment graph)
         self._train = tf.function(transforms.train_transform(source, config, preprocessing), reduce_retracing=True)
         self._eval = tf.function(transforms.eval_transform(preprocessing), reduce_retracing=True)
@@ -43,6 +49,18 @@ class Pipeline:
     @property
     def info(self) -> DatasetInfo:
         return self.source.info
+
+    def device_transform(self, train: bool) -> DeviceTransform:
+        """What the jitted step does to a batch first: for classification training the per-example augmentations,
+        then (every task, train and eval) the normalisation with the serving transform's mean/std."""
+        transform = self.preprocessing.eval_transform
+        if not (train and self.preprocessing.task == "classification"):
+            return DeviceTransform(tuple(transform.mean), tuple(transform.std))
+        options = self._augment
+        return DeviceTransform(tuple(transform.mean), tuple(transform.std), flip=options.flip, policy=options.policy,
+                               randaugment_num_ops=options.randaugment_num_ops,
+                               randaugment_magnitude=options.randaugment_magnitude,
+                               random_erasing=options.random_erasing)
 
     def steps_per_epoch(self, global_batch_size: int) -> int:
         return self.info.num_train // global_batch_size
@@ -57,7 +75,9 @@ class Pipeline:
         epoch, skip = divmod(start_step, steps)
         while True:
             rows = EpochRows(epoch, skip, steps, local_batch, process_index, process_count)
-            ds = self.source.train_examples(rows, self.seed).map(self._train, num_parallel_calls=tf.data.AUTOTUNE)
+            examples = self.source.train_examples(rows, self.seed,
+                                                  encoded=self.preprocessing.task == "classification")
+            ds = examples.map(self._train, num_parallel_calls=tf.data.AUTOTUNE)
             yield from iterate_numpy(_batched(ds, local_batch), self.source.files("train"))
             epoch, skip = epoch + 1, 0
 

@@ -12,7 +12,7 @@ import ml_collections
 
 from ..checkpoint import METADATA_FILE
 from ..registry import list_models, model_spec
-from .checkpoints import TrainingCheckpoints, merge_backbone, merge_pretrained, read_pretrained
+from .checkpoints import DamagedCheckpoint, TrainingCheckpoints, merge_backbone, merge_pretrained, read_pretrained
 from .experiment import ConfigError, model_options
 from .reporting import log
 from .steps import TrainState
@@ -38,13 +38,18 @@ def initial_state(config: ml_collections.ConfigDict, checkpoints: TrainingCheckp
                   num_classes: int) -> tuple[TrainState, int]:
     """(state, its step): resumed from the workdir's latest checkpoint (eval_only: its best), else `fresh`, loaded
     from `init_from` if set."""
-    latest = checkpoints.latest_step()
-    if latest is not None:
+    while checkpoints.latest_step() is not None:
         best = checkpoints.best_step() if config.eval_only else None
-        step = latest if best is None else best
+        step = checkpoints.latest_step() if best is None else best
         log(f"{'evaluating' if config.eval_only else 'resuming from'} {checkpoints.directory / str(step)}"
             + (" (the best step)" if best is not None else ""))
-        return checkpoints.restore(step, fresh), step
+        try:
+            return checkpoints.restore(step, fresh), step
+        except DamagedCheckpoint as damaged:
+            moved = checkpoints.move_aside(step)
+            left = checkpoints.steps()
+            log(f"warning: {damaged}; moved it to {moved}; "
+                + (f"falling back to step {left[0]}" if left else "no other checkpoint is kept: starting afresh"))
     if config.init_from:
         return _load_pretrained(config, fresh, init_optimizer, use_ema, replicated, num_classes), 0
     return fresh, 0

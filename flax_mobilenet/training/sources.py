@@ -87,19 +87,25 @@ class Source:
     def files(self, split: str) -> Optional[np.ndarray]:
         return None
 
+    def encoded_reader(self, split: str) -> Optional[Reader]:
+        """Like `reader`, with `image` the file's encoded bytes (a scalar string) when the images are files, so that
+        a transform can decode only what it keeps (a JPEG's crop window); None: the source has decoded images only."""
+        return None
+
     def numpy_reader(self, split: str) -> Callable[[int], dict[str, np.ndarray]]:
         """index -> the example as NumPy, for augmentations that read other examples (mosaic); by default the
         graph reader run eagerly."""
         read = self.reader(split)
         return lambda index: {k: v.numpy() for k, v in read(tf.constant(index, tf.int64)).items()}
 
-    def train_examples(self, rows: EpochRows, seed: int) -> tf.data.Dataset:
-        """(example, its seed) for this process's rows of an epoch; the order ignores process_count."""
+    def train_examples(self, rows: EpochRows, seed: int, encoded: bool = False) -> tf.data.Dataset:
+        """(example, its seed) for this process's rows of an epoch; the order ignores process_count.  `encoded`:
+        images as encoded bytes where the source has them (`encoded_reader`)."""
         order = np.random.default_rng(epoch_seed(seed, rows.epoch)).permutation(self.size("train"))
         global_batch = rows.local_batch * rows.process_count
         positions = np.arange(rows.steps * global_batch).reshape(rows.steps, rows.process_count, rows.local_batch)
         positions = positions[rows.skip:, rows.process_index].reshape(-1)
-        read = self.reader("train")
+        read = (encoded and self.encoded_reader("train")) or self.reader("train")
         return tf.data.Dataset.from_tensor_slices((order[positions], positions)).map(
             lambda index, position: ({**read(index), "index": index}, example_seed(seed, rows.epoch, position)),
             num_parallel_calls=tf.data.AUTOTUNE)
@@ -159,6 +165,12 @@ class LabelledImages(Source):
 
     def files(self, split: str) -> Optional[np.ndarray]:
         return (self.train if split == "train" else self.eval)[0] if self.is_files else None
+
+    def encoded_reader(self, split: str) -> Optional[Reader]:
+        if not self.is_files:
+            return None
+        paths, labels = self.train if split == "train" else self.eval
+        return lambda index: {"image": tf.io.read_file(tf.gather(paths, index)), "label": tf.gather(labels, index)}
 
 
 def digits_arrays() -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:

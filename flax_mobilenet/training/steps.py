@@ -1,7 +1,7 @@
 """Train state and the pure train/eval step functions (jitted over a device mesh by the trainer)."""
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import flax
 import flax.linen as nn
@@ -12,6 +12,10 @@ import optax
 from .tasks import Task
 
 Metrics = dict[str, jax.Array]
+Batch = dict[str, jax.Array]
+# the batch as the input pipeline ships it (uint8 images) -> as the model takes it: the device share of the
+# preprocessing (`input_pipeline.Pipeline.device_transform`); None: the batch is already the model's input
+Prepare = Optional[Callable[[Batch], Batch]]
 
 
 @flax.struct.dataclass
@@ -49,12 +53,16 @@ def ema_decay_at(step: jax.Array, ema_decay: float, ema_tau: float = 0.0) -> jax
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module, task: Task,
                tx: optax.GradientTransformation, schedule: optax.Schedule, ema_decay: float,
-               frozen: frozenset[str] = frozenset(), ema_tau: float = 0.0) -> tuple[TrainState, Metrics]:
+               frozen: frozenset[str] = frozenset(), ema_tau: float = 0.0, prepare: Prepare = None
+               ) -> tuple[TrainState, Metrics]:
     """One optimizer step on a (globally sharded) batch, the task's loss. BatchNorm statistics are those of the
     global batch. The `frozen` top-level modules are constants of the loss: no backward pass runs through the
     layers before the first trained one (their gradients are zeros, which `tx` must ignore; their BatchNorm
     statistics still update, as torch's `requires_grad_(False)` leaves them). The EMA (of the params and the
-    BatchNorm statistics: ultralytics' ModelEMA averages every float of the state) decays by `ema_decay_at`."""
+    BatchNorm statistics: ultralytics' ModelEMA averages every float of the state) decays by `ema_decay_at`.
+    `prepare` (augmentation, normalisation) runs first, inside the same jit."""
+    if prepare is not None:
+        batch = prepare(batch)
     dropout_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     trained = {name: tree for name, tree in state.params.items() if name not in frozen}
     constants = {name: tree for name, tree in state.params.items() if name in frozen}
@@ -92,7 +100,11 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
     return new_state, metrics
 
 
-def eval_step(params: Any, batch_stats: Any, batch: dict[str, jax.Array], *, model: nn.Module, task: Task) -> Any:
-    """The task's eval outputs of a padded batch (sums over its real examples, or per-example detections)."""
+def eval_step(params: Any, batch_stats: Any, batch: dict[str, jax.Array], *, model: nn.Module, task: Task,
+              prepare: Prepare = None) -> Any:
+    """The task's eval outputs of a padded batch (sums over its real examples, or per-example detections);
+    `prepare` (normalisation) first."""
+    if prepare is not None:
+        batch = prepare(batch)
     outputs = model.apply({"params": params, "batch_stats": batch_stats}, batch["image"], train=False)
     return task.eval_outputs(outputs, batch)

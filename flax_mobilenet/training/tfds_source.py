@@ -80,7 +80,8 @@ class TfdsSource(Source):
         boxes, labels = dense_sources.tfds_boxes(example["objects"], shape[0], shape[1], self.max_boxes)
         return {"image": image, "mask": tf.zeros([0, 0], tf.uint8), "boxes": boxes, "labels": labels}
 
-    def train_examples(self, rows: EpochRows, seed: int) -> tf.data.Dataset:
+    def train_examples(self, rows: EpochRows, seed: int, encoded: bool = False) -> tf.data.Dataset:
+        """As `Source.train_examples`; `encoded`: images stay the stored (encoded) bytes."""
         import tensorflow_datasets as tfds
 
         shuffle_seed = epoch_seed(seed, rows.epoch)
@@ -93,7 +94,9 @@ class TfdsSource(Source):
         ds = ds.take(rows.steps * rows.local_batch).enumerate().skip(rows.skip * rows.local_batch)
 
         def load(position, example):
-            image = tf.io.decode_image(example["image"], channels=3, expand_animations=False)
+            image = example["image"]
+            if not encoded:
+                image = tf.io.decode_image(image, channels=3, expand_animations=False)
             example_seed = tf.stack([tf.cast(seed, tf.int64),
                                      (tf.cast(rows.epoch, tf.int64) * 2**16 + rows.process_index) * 2**32 + position])
             return self._example(example, image), example_seed

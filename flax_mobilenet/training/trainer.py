@@ -1,16 +1,17 @@
 """The training loop: data-parallel jit over a device mesh, evaluation, checkpoints, resume, logging."""
 from __future__ import annotations
 
-import collections
+import contextlib
 import functools
-import itertools
 import json
 import math
 import os
+import queue
 import shutil
+import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 import jax
 import jax.numpy as jnp
@@ -19,8 +20,8 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from ..checkpoint import METADATA_FILE
-from . import optim, restore, steps
-from .checkpoints import TrainingCheckpoints
+from . import optim, preflight, restore, steps
+from .checkpoints import CheckpointWriteError, TrainingCheckpoints
 from .experiment import ConfigError, Experiment
 from .reporting import (METRICS_FILE, TRAIN_METRICS_FILE, JsonLines, Scalars, StopWatch, Stopped, is_main_process, log,
                         progress_bar)
@@ -45,14 +46,55 @@ def check_workdir(workdir: str) -> Path:
 
 def _device_batches(batches: Iterator[dict[str, np.ndarray]], sharding: NamedSharding,
                     depth: int = 2) -> Iterator[dict[str, jax.Array]]:
-    """Assemble each process's rows into global arrays, keeping `depth` batches in flight to the devices."""
-    queue: collections.deque = collections.deque()
-    for batch in batches:
-        queue.append({k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()})
-        if len(queue) > depth:
-            yield queue.popleft()
-    while queue:
-        yield queue.popleft()
+    """Each process's rows assembled into global arrays by a background thread, up to `depth` batches ahead, so
+    the next batch is read and transferred while the step runs.  A failure of the producer is raised here; the
+    thread is a daemon and stops when this generator is closed (or collected), closing `batches`."""
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    stopped = threading.Event()
+    end = object()
+
+    def offer(item: Any) -> bool:
+        """Put `item` unless the consumer has gone; False then."""
+        while not stopped.is_set():
+            try:
+                ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for batch in batches:
+                if not offer({k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}):
+                    return
+            offer(end)
+        except BaseException as error:  # noqa: BLE001 - handed to the consumer, which raises it
+            offer(_ProducerError(error))
+        finally:
+            close = getattr(batches, "close", None)
+            if close is not None:
+                close()
+
+    thread = threading.Thread(target=produce, name="device-batches", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = ready.get()
+            if item is end:
+                return
+            if isinstance(item, _ProducerError):
+                raise item.error
+            yield item
+    finally:
+        stopped.set()
+
+
+class _ProducerError:
+    """The exception that ended the producer thread, handed to the consumer."""
+
+    def __init__(self, error: BaseException):
+        self.error = error
 
 
 class Trainer:
@@ -93,12 +135,15 @@ class Trainer:
                              out_shardings=self.replicated)
         self._train_step = jax.jit(
             functools.partial(steps.train_step, model=self.model, task=self.task, tx=self.tx, schedule=self.schedule,
-                              ema_decay=config.ema_decay, frozen=frozen, ema_tau=config.ema_tau),
+                              ema_decay=config.ema_decay, frozen=frozen, ema_tau=config.ema_tau,
+                              prepare=self.pipeline.device_transform(train=True)),
             in_shardings=(self.replicated, self.data_sharding), out_shardings=(self.replicated, self.replicated),
             donate_argnums=0)
-        self._eval_step = jax.jit(functools.partial(steps.eval_step, model=self.model, task=self.task),
+        self._eval_step = jax.jit(functools.partial(steps.eval_step, model=self.model, task=self.task,
+                                                    prepare=self.pipeline.device_transform(train=False)),
                                   in_shardings=(self.replicated, self.replicated, self.data_sharding),
                                   out_shardings=self.replicated)
+        self._eval_executables: dict[tuple, jax.stages.Compiled] = {}
         self.checkpoints = TrainingCheckpoints(self.workdir, keep=config.keep_checkpoints,
                                                async_save=config.async_checkpointing)
 
@@ -109,15 +154,16 @@ class Trainer:
     # ------------------------------------------------------------------------------------------------ eval
     def evaluate(self, state: steps.TrainState) -> dict[str, float]:
         """The task's metrics on the whole eval split, for the weights and (with EMA) their average."""
-        batches = self.pipeline.eval_batches(global_batch_size=self.config.eval_batch_size or self.config.batch_size,
+        batches = self.pipeline.eval_batches(global_batch_size=self._eval_batch_size,
                                              process_index=jax.process_index(), process_count=jax.process_count())
         weights = [("eval", state.params, state.batch_stats)]
         if self.use_ema:
             weights.append(("eval_ema", state.ema_params, state.ema_batch_stats))
         evaluations = {prefix: self.task.evaluation() for prefix, _, _ in weights}
         for batch in _device_batches(batches, self.data_sharding):
+            eval_step = self._eval_step_for(batch)
             for prefix, params, batch_stats in weights:
-                evaluations[prefix].add(self._eval_step(params, batch_stats, batch), batch)
+                evaluations[prefix].add(eval_step(params, batch_stats, batch), batch)
         results: dict[str, Any] = {}
         for prefix, evaluation in evaluations.items():
             results.update({f"{prefix}_{k}": float(v) for k, v in evaluation.result(self.info.num_eval).items()})
@@ -130,6 +176,7 @@ class Trainer:
         state, start_step = self.initial_state()
         if config.eval_only:
             return self._eval_only(state, start_step)
+        train_step = self._compile_train_step(state) if start_step < self.num_steps else self._train_step
         metrics_log = JsonLines(self.workdir / METRICS_FILE, start_step)
         train_log = JsonLines(self.workdir / TRAIN_METRICS_FILE, start_step)
         scalars = Scalars(self.workdir / "tensorboard")
@@ -140,16 +187,12 @@ class Trainer:
         batches = _device_batches(self.pipeline.train_batches(
             global_batch_size=config.batch_size, process_index=jax.process_index(),
             process_count=jax.process_count(), start_step=start_step), self.data_sharding)
-        train_step = self._train_step
-        if start_step < self.num_steps:
-            first = next(batches)
-            train_step = self._compile_train_step(state, first)
-            batches = itertools.chain([first], batches)
         watch = StopWatch()
         progress = progress_bar(config.progress_bar, self.num_steps, start_step)
         pending: list[dict[str, jax.Array]] = []
         last_eval: dict[str, Any] = {}
         last_log_time, last_log_step = time.time(), start_step
+        finished = False
         try:
             for step in range(start_step + 1, self.num_steps + 1):
                 state, metrics = train_step(state, next(batches))
@@ -180,11 +223,16 @@ class Trainer:
                 at_sync_point = jax.process_count() == 1 or step % config.log_every_steps == 0
                 if not final and at_sync_point and watch.should_stop():
                     self._save_and_stop(step, state, pending, saved=do_save, watch=watch)
+            finished = True
         finally:
             watch.restore()
             if progress is not None:
                 progress.close()
-            self.checkpoints.wait()
+            if finished:
+                self.checkpoints.wait()
+            else:  # failing: finish a write in flight, without letting its own failure hide the first one
+                with contextlib.suppress(CheckpointWriteError):
+                    self.checkpoints.wait()
             scalars.flush()
         if not last_eval:  # already trained to the end in an earlier run
             last_eval = {"step": self.num_steps, **self.evaluate(state)}
@@ -202,15 +250,78 @@ class Trainer:
         log(f"\n{name}: saved step {step} to {self.checkpoints.directory}; run the same command to resume")
         raise Stopped(code)
 
-    def _compile_train_step(self, state: steps.TrainState, batch: dict[str, jax.Array]):
-        """Compile ahead of the first step, saying so: it takes seconds to minutes, during which nothing moves."""
+    def _compile_train_step(self, state: steps.TrainState) -> jax.stages.Compiled:
+        """Compile ahead of the first step, saying so (it takes seconds to minutes, during which nothing moves), and
+        check that it fits in memory before any batch of its size is made."""
         config = self.config
         log(f"compiling the train step ({config.model.name}, global batch {config.batch_size}, "
             f"{config.image_size}x{config.image_size}) ...")
         started = time.time()
-        compiled = self._train_step.lower(state, batch).compile()
+        example = self._example_batch(self.pipeline.train_batches(
+            global_batch_size=jax.process_count(), process_index=jax.process_index(),
+            process_count=jax.process_count()))
+        compiled = self._train_step.lower(state, self._abstract(example, config.batch_size)).compile()
         log(f"compiled in {time.time() - started:.1f} s")
+        if config.memory_preflight:
+            self._memory_preflight(compiled, state, example)
         return compiled
+
+    @staticmethod
+    def _example_batch(batches: Iterator[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        """The first batch of a generator, which is then closed (its tf.data threads end)."""
+        try:
+            return next(batches)
+        finally:
+            batches.close()
+
+    def _abstract(self, example: dict[str, Any], size: int, square: bool = False) -> dict[str, jax.ShapeDtypeStruct]:
+        """Shapes of a global batch of `size` rows like `example`'s (`square`: images at the run's image size, the
+        largest a letterboxed eval batch gets)."""
+        shapes = {k: (size, *v.shape[1:]) for k, v in example.items()}
+        if square:
+            shapes["image"] = (size, self.config.image_size, self.config.image_size, example["image"].shape[-1])
+        return {k: jax.ShapeDtypeStruct(shapes[k], v.dtype, sharding=self.data_sharding) for k, v in example.items()}
+
+    def _memory_preflight(self, train_step: jax.stages.Compiled, state: steps.TrainState,
+                          example: dict[str, np.ndarray]) -> None:
+        """Stop before the first step when the train or eval step cannot fit the devices' free memory."""
+        config, devices, eval_size = self.config, jax.device_count(), self._eval_batch_size
+        eval_example = self._example_batch(self.pipeline.eval_batches(
+            global_batch_size=jax.process_count(), process_index=jax.process_index(),
+            process_count=jax.process_count()))
+
+        def input_bytes(batch: dict[str, jax.ShapeDtypeStruct]) -> int:  # per device: the step's batch + 2 in flight
+            return 3 * sum(int(np.prod(v.shape)) * v.dtype.itemsize for v in batch.values()) // devices
+
+        def train_need(size: int) -> Optional[preflight.StepMemory]:
+            return preflight.StepMemory.of(self._train_step.lower(state, self._abstract(example, size)).compile())
+
+        def eval_need(size: int) -> Optional[preflight.StepMemory]:
+            return preflight.StepMemory.of(self._compile_eval(state, self._abstract(eval_example, size, square=True)))
+
+        notes = {preflight.check("train", "batch_size", preflight.StepMemory.of(train_step), config.batch_size,
+                                 input_bytes(self._abstract(example, config.batch_size)), train_need, devices,
+                                 config.image_size),
+                 preflight.check("eval", "eval_batch_size", eval_need(eval_size), eval_size,
+                                 input_bytes(self._abstract(eval_example, eval_size, square=True)), eval_need,
+                                 devices, config.image_size)}
+        for note in notes - {None}:
+            log(note)
+
+    @property
+    def _eval_batch_size(self) -> int:
+        return self.config.eval_batch_size or self.config.batch_size
+
+    def _compile_eval(self, state: steps.TrainState, batch: dict[str, Any]) -> jax.stages.Compiled:
+        """The eval step compiled for these batch shapes, kept: `evaluate` runs it for every batch of the shapes."""
+        key = tuple((k, v.shape, str(v.dtype)) for k, v in sorted(batch.items()))
+        if key not in self._eval_executables:
+            self._eval_executables[key] = self._eval_step.lower(state.params, state.batch_stats, batch).compile()
+        return self._eval_executables[key]
+
+    def _eval_step_for(self, batch: dict[str, jax.Array]):
+        key = tuple((k, v.shape, str(v.dtype)) for k, v in sorted(batch.items()))
+        return self._eval_executables.get(key, self._eval_step)
 
     def _eval_only(self, state: steps.TrainState, step: int) -> dict[str, Any]:
         if step == 0 and not self.config.init_from:

@@ -1,9 +1,13 @@
-"""Examples -> batch rows, per task: the train augmentation (from the config's recipe) and the eval transform (the
-model's serving transform, a `WeightsInfo`, so that a run is evaluated exactly as `predict.py` will serve it).
+"""Examples -> batch rows, per task: the host's share of the train augmentation (from the config's recipe) and the
+eval transform (the model's serving transform, a `WeightsInfo`, so that a run is evaluated exactly as `predict.py`
+will serve it).
 
-Rows (what `tasks.py` reads): classification `image` float32 (S, S, 3) normalised and `label`; segmentation `image`
-and `label` (S, S) int32; detection `image`, `boxes` (M, 4) xyxy pixels of the model input, `labels` (M,) 1-based
-(0 = padding) and `box_mask` (M,).  Detection recipes are named (`DETECTION_RECIPES`); 'auto' takes the
+Rows are what the host must produce, and no more: images are uint8 (S, S, 3), never normalised here (the jitted
+step normalises on the device with the mean/std of `Preprocessing.eval_transform`, `device_augment.py`).
+Classification `image`, `label` and, in training, `seed` (2,) uint32: the key of the example's device
+augmentation (flip, AutoAugment / RandAugment, random erasing), drawn from the example's own seed; segmentation
+`image` and `label` (S, S) int32; detection `image`, `boxes` (M, 4) xyxy pixels of the model input, `labels` (M,)
+1-based (0 = padding) and `box_mask` (M,).  Detection recipes are named (`DETECTION_RECIPES`); 'auto' takes the
 detection head's own (`train_recipe`: SSD 'ssdlite', YOLO 'yolo').
 """
 from __future__ import annotations
@@ -12,7 +16,6 @@ import dataclasses
 import importlib
 from typing import Callable
 
-import numpy as np
 import tensorflow as tf
 
 from ..weights import WeightsInfo
@@ -47,19 +50,22 @@ class Preprocessing:
         return self.eval_transform.crop_size
 
 
-def normalize(image: tf.Tensor, transform: WeightsInfo) -> tf.Tensor:
-    mean, std = np.asarray(transform.mean, np.float32), np.asarray(transform.std, np.float32)
-    return (tf.cast(image, tf.float32) / 255.0 - mean) / std
+def device_seed(seed: tf.Tensor) -> tf.Tensor:
+    """(2,) uint32 drawn from an example's stateless seed: the raw threefry key of its device augmentation."""
+    return tf.bitcast(tf.random.stateless_uniform((2,), seed, minval=None, maxval=None, dtype=tf.int32), tf.uint32)
+
+
+def _to_uint8(image: tf.Tensor) -> tf.Tensor:
+    return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
 
 
 # ---------------------------------------------------------------------------------------------- classification
 def classification_eval_image(image: tf.Tensor, transform: WeightsInfo) -> tf.Tensor:
-    """The serving transform: shorter side to `resize_size` (antialiased), center crop `crop_size`; or with
-    resize_mode 'fixed' a plain resize to a square (small images: digits)."""
+    """The serving transform up to normalisation: shorter side to `resize_size` (antialiased), center crop
+    `crop_size`; or with resize_mode 'fixed' a plain resize to a square (small images: digits)."""
     size = transform.crop_size
     if transform.resize_mode == "fixed":
-        resized = tf.image.resize(image, (size, size), method=transform.interpolation, antialias=True)
-        return normalize(tf.round(tf.clip_by_value(resized, 0, 255)), transform)
+        return _to_uint8(tf.image.resize(image, (size, size), method=transform.interpolation, antialias=True))
     shape = tf.cast(tf.shape(image)[:2], tf.float32)
     resize = float(transform.resize_size)
     scaled = tf.cast(tf.floor(shape * resize / tf.reduce_min(shape)), tf.int32)  # torchvision truncates
@@ -67,30 +73,22 @@ def classification_eval_image(image: tf.Tensor, transform: WeightsInfo) -> tf.Te
     image = tf.image.resize(image, scaled, method=transform.interpolation, antialias=True)
     top = tf.cast(tf.round(tf.cast(scaled[0] - size, tf.float32) / 2), tf.int32)
     left = tf.cast(tf.round(tf.cast(scaled[1] - size, tf.float32) / 2), tf.int32)
-    image = tf.clip_by_value(image[top:top + size, left:left + size], 0, 255)
-    return normalize(tf.round(image), transform)
+    return _to_uint8(image[top:top + size, left:left + size])
 
 
 def _classification_train(config, transform: WeightsInfo) -> TrainTransform:
+    """RandomResizedCrop (decoded from the file's bytes inside the window) or a plain resize; the rest of the
+    recipe runs on the device from `seed`."""
     options, size = config.augment, transform.crop_size
 
     def train(example: Example, seed: tf.Tensor) -> Row:
-        image = example["image"]
-        seeds = tf.random.experimental.stateless_split(seed, 4)
+        crop_seed, augment_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
         if options.random_resized_crop:
-            image = augment.random_resized_crop(image, size, options.crop_scale_min, seeds[0])
+            image = augment.random_resized_crop(example["image"], size, options.crop_scale_min, crop_seed,
+                                                antialias=options.crop_antialias)
         else:
-            image = tf.image.resize(image, (size, size), antialias=True)
-        image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
-        if options.flip:
-            image = tf.image.stateless_random_flip_left_right(image, seeds[1])
-        if options.policy != "none":
-            image = augment.apply_policy(image, options.policy, seeds[2], num_ops=options.randaugment_num_ops,
-                                         magnitude=options.randaugment_magnitude)
-        image = normalize(image, transform)
-        if options.random_erasing:
-            image = augment.random_erasing(image, options.random_erasing, seeds[3])
-        return {"image": image, "label": example["label"]}
+            image = augment.resize_whole(example["image"], size)
+        return {"image": image, "label": example["label"], "seed": device_seed(augment_seed)}
 
     return train
 
@@ -121,13 +119,13 @@ def _detection_eval(transform: WeightsInfo) -> EvalTransform:
                                                         size=size)
 
 
-def _finish_detection(row: Row, transform: WeightsInfo) -> Row:
-    return {"image": normalize(row["image"], transform), "boxes": row["boxes"],
+def _finish_detection(row: Row) -> Row:
+    return {"image": row["image"], "boxes": row["boxes"],
             "labels": tf.cast(row["labels"], tf.int32), "box_mask": row["box_mask"]}
 
 
-def _finish_segmentation(row: Row, transform: WeightsInfo) -> Row:
-    return {"image": normalize(row["image"], transform), "label": tf.cast(row["mask"], tf.int32)}
+def _finish_segmentation(row: Row) -> Row:
+    return {"image": row["image"], "label": tf.cast(row["mask"], tf.int32)}
 
 
 # ------------------------------------------------------------------------------------------------- per task
@@ -142,13 +140,13 @@ def train_transform(source: Source, config, preprocessing: Preprocessing) -> Tra
         base_size = options.base_size or size  # torchvision: 520, random-resized around it, crop 480
         return lambda example, seed: _finish_segmentation(dense_augment.segmentation_train(
             example["image"], example["mask"], seed, base_size=base_size, crop_size=size,
-            scale=tuple(options.scale_range)), transform)
+            scale=tuple(options.scale_range)))
     recipe = preprocessing.detection_recipe
     if recipe not in DETECTION_RECIPES:
         raise DatasetError(f"config.augment.detection_recipe={recipe!r}: use 'auto' (the detection head's own), "
                            f"{', '.join(map(repr, DETECTION_RECIPES))}")
     augment_example = _import(DETECTION_RECIPES[recipe])(source, config, size)
-    return lambda example, seed: _finish_detection(augment_example(example, seed), transform)
+    return lambda example, seed: _finish_detection(augment_example(example, seed))
 
 
 def eval_transform(preprocessing: Preprocessing) -> EvalTransform:
@@ -160,6 +158,6 @@ def eval_transform(preprocessing: Preprocessing) -> EvalTransform:
     if task == "segmentation":
         size = transform.crop_size
         return lambda example: _finish_segmentation(
-            dense_augment.segmentation_eval(example["image"], example["mask"], size), transform)
+            dense_augment.segmentation_eval(example["image"], example["mask"], size))
     detection_eval = _detection_eval(transform)
-    return lambda example: _finish_detection(detection_eval(example), transform)
+    return lambda example: _finish_detection(detection_eval(example))
