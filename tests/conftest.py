@@ -58,7 +58,8 @@ def pytest_ignore_collect(collection_path, config):
 # Test files that take many minutes run first (the test command passes `--no-loadscope-reorder`, so xdist hands
 # out whole files in this order): started last, one of them would leave the other worker idle for its length.
 LONG_FILES_FIRST = ("test_train.py", "test_quickstart_yolo.py", "test_quickstart_detection.py",
-                    "test_quickstart_segmentation.py", "test_dense_training.py", "test_layers.py", "test_yolo.py")
+                    "test_quickstart_segmentation.py", "test_dense_training.py", "test_fail_well.py", "test_layers.py",
+                    "test_yolo.py")
 
 
 def pytest_collection_modifyitems(config, items):

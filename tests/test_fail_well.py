@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # train.py runs: orchestration, as the 3.11 CI leg's long runs
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--config", "configs/v3_small_digits.py", "--config.model.name=mobilenet_v1", "--config.model.width_mult=0.25",
         "--config.progress_bar=False", "--config.log_every_steps=25", "--config.eval_every_steps=1000",
