@@ -28,7 +28,9 @@ import logging
 import math
 import os
 import tempfile
+import time
 import warnings
+from unittest import mock
 from pathlib import Path
 
 # Before ultralytics/yolov5 are first imported (they read these at import): no settings file in $HOME, no
@@ -445,8 +447,10 @@ def yolov5_nms(prediction, **kwargs) -> list[np.ndarray]:
     """yolov5.utils.general.non_max_suppression on the yolov5 layout (N, A, 5 + nc) (numpy or torch): scores
     are objectness * class; per image an (n, 6) float32 array [x1, y1, x2, y2, score, class].  kwargs as the
     package's (conf_thres 0.25, iou_thres 0.45, multi_label False, max_det 300, agnostic, classes).  It calls
-    `torchvision.ops.nms`, i.e. `nms_standin`; its time limit is 0.5 s + 0.05 s per image."""
-    with torch.no_grad(), _one_thread():
+    `torchvision.ops.nms`, i.e. `nms_standin`.  Its time limit (0.5 s + 0.05 s per image, a guard for GPUs) cuts the
+    later images short when the NumPy stand-in is slower than that on a busy CPU, so the clock it reads is frozen
+    during the call."""
+    with torch.no_grad(), _one_thread(), mock.patch.object(time, "time", lambda: 0.0):
         output = _yolov5_nms(_as_tensor(prediction), **kwargs)
     return [o.numpy() for o in output]
 
