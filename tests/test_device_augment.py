@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from flax_mobilenet.registry import weights_info
 from flax_mobilenet.training import augment, device_augment as da
 from flax_mobilenet.training.defaults import base_config
 from flax_mobilenet.training.experiment import Experiment
@@ -188,6 +189,28 @@ def test_big_windows_decode_downscaled_in_the_dct_domain(tmp_path):
     np.testing.assert_array_equal(ours, augment._resize(quarter, 224, antialias=True))
     whole = augment.random_resized_crop(augment.decode_image(contents), 224, 0.9, seed).numpy()
     assert np.abs(ours.astype(float) - whole).mean() < 8.0
+
+
+def test_the_plain_crop_resize_is_bilinear_without_antialiasing(tmp_path):
+    """augment.crop_antialias=False: the same window (here below 2 x 224 a side: no DCT-domain ratio), resized by
+    plain bilinear; the pipeline takes the option from the config."""
+    from flax_mobilenet.training import transforms
+
+    contents = _jpeg_bytes(tmp_path, 375, 500)
+    seed = tf.constant([3, 5], tf.int64)
+    window = augment.crop_window(375, 500, 0.9, seed).numpy()
+    top, left, h, w = window
+    crop = tf.io.decode_jpeg(contents, channels=3, dct_method=augment.DCT_METHOD)[top:top + h, left:left + w]
+    plain = augment.random_resized_crop(contents, 224, 0.9, seed, antialias=False).numpy()
+    difference = np.abs(plain.astype(int) - augment._resize(crop, 224, antialias=False).numpy())
+    assert difference.max() <= 1 and (difference > 0).mean() < 1e-3  # JPEG's chroma upsampling at the window's edge
+    assert not np.array_equal(plain, augment.random_resized_crop(contents, 224, 0.9, seed).numpy())
+    config = base_config()
+    config.image_size, config.augment.crop_antialias, config.augment.crop_scale_min = 224, False, 0.9
+    preprocessing = transforms.Preprocessing("classification", weights_info("mobilenet_v2"))
+    row = transforms.train_transform(None, config, preprocessing)({"image": contents, "label": 0}, seed)
+    np.testing.assert_array_equal(row["image"], augment.random_resized_crop(
+        contents, 224, 0.9, tf.random.experimental.stateless_split(seed, 2)[0], antialias=False))
 
 
 def test_non_jpeg_files_take_the_decode_then_crop_path(tmp_path):
