@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 
 from ..checkpoint import METADATA_FILE
@@ -81,6 +82,7 @@ def _load_pretrained(config: ml_collections.ConfigDict, state: TrainState, init_
         raise ConfigError(f"init_from={config.init_from} ({stored or 'unknown model'}): {error}") from error
     merged = jax.device_put(merged, replicated)
     tx_state = jax.jit(init_optimizer, out_shardings=replicated)(merged["params"])
-    ema = (merged["params"], merged["batch_stats"]) if use_ema else (None, None)
+    # the EMA starts as a copy: the train step donates the state, and one buffer cannot be donated twice
+    ema = jax.tree.map(jnp.copy, (merged["params"], merged["batch_stats"])) if use_ema else (None, None)
     return state.replace(params=merged["params"], batch_stats=merged["batch_stats"], opt_state=tx_state,
                          ema_params=ema[0], ema_batch_stats=ema[1])
