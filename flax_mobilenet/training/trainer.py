@@ -97,6 +97,11 @@ class _ProducerError:
         self.error = error
 
 
+def _shapes(batch: dict[str, Any]) -> tuple:
+    """A batch's (name, shape, dtype) per array: what a compiled step is specialised to."""
+    return tuple((k, tuple(v.shape), str(v.dtype)) for k, v in sorted(batch.items()))
+
+
 class Trainer:
     """The step loop (`train`) around pure steps (`steps.py`); evaluation (`evaluate`); where the state comes
     from is `restore.py`'s policy, what is written besides checkpoints `reporting.py`'s."""
@@ -314,14 +319,13 @@ class Trainer:
 
     def _compile_eval(self, state: steps.TrainState, batch: dict[str, Any]) -> jax.stages.Compiled:
         """The eval step compiled for these batch shapes, kept: `evaluate` runs it for every batch of the shapes."""
-        key = tuple((k, v.shape, str(v.dtype)) for k, v in sorted(batch.items()))
+        key = _shapes(batch)
         if key not in self._eval_executables:
             self._eval_executables[key] = self._eval_step.lower(state.params, state.batch_stats, batch).compile()
         return self._eval_executables[key]
 
     def _eval_step_for(self, batch: dict[str, jax.Array]):
-        key = tuple((k, v.shape, str(v.dtype)) for k, v in sorted(batch.items()))
-        return self._eval_executables.get(key, self._eval_step)
+        return self._eval_executables.get(_shapes(batch), self._eval_step)
 
     def _eval_only(self, state: steps.TrainState, step: int) -> dict[str, Any]:
         if step == 0 and not self.config.init_from:
