@@ -213,6 +213,23 @@ def test_the_plain_crop_resize_is_bilinear_without_antialiasing(tmp_path):
         contents, 224, 0.9, tf.random.experimental.stateless_split(seed, 2)[0], antialias=False))
 
 
+def test_the_antialiased_crop_resize_is_torchvisions_pil_path(tmp_path):
+    """RandomResizedCrop's resize (augment.crop_antialias=True) is exactly torchvision's on a PIL image (PIL's
+    bilinear resize), the path of its ImageNet recipes, for windows shrunk, enlarged and both."""
+    from PIL import Image
+    from torchvision.transforms.v2 import functional as F
+
+    contents = _jpeg_bytes(tmp_path, 375, 500)
+    decoded = tf.io.decode_jpeg(contents, channels=3, dct_method=augment.DCT_METHOD)
+    picture = Image.fromarray(decoded.numpy())
+    for scale_min, size in ((0.9, 224), (0.08, 224), (0.08, 320)):
+        seed = tf.constant([int(100 * scale_min), size], tf.int64)
+        top, left, h, w = (int(v) for v in augment.crop_window(375, 500, scale_min, seed))
+        ours = augment.random_resized_crop(decoded, size, scale_min, seed).numpy()
+        theirs = F.resized_crop(picture, top, left, h, w, [size, size], antialias=True)
+        np.testing.assert_array_equal(ours, np.asarray(theirs), err_msg=f"window {h}x{w} -> {size}")
+
+
 def test_non_jpeg_files_take_the_decode_then_crop_path(tmp_path):
     contents = _jpeg_bytes(tmp_path, 60, 80, suffix=".png")
     seed = tf.constant([1, 2], tf.int64)

@@ -9,9 +9,12 @@ the accelerator: `device_augment.py`.
 """
 from __future__ import annotations
 
+import functools
 import math
 
+import numpy as np
 import tensorflow as tf
+from PIL import Image
 
 Seed = tf.Tensor  # shape [2] int64, for tf.random.stateless_*
 DCT_RATIOS = (8, 4, 2)  # libjpeg's scaled decoding (1/8 .. 1/2), largest first
@@ -71,11 +74,19 @@ def decode_image(contents: tf.Tensor) -> tf.Tensor:
     return tf.io.decode_image(contents, channels=3, expand_animations=False)
 
 
+def _pil_bilinear(image: np.ndarray, size: int) -> np.ndarray:
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
+
+
 def _resize(image: tf.Tensor, size: int, antialias: bool) -> tf.Tensor:
-    """Bilinear to size x size, rounded to uint8: antialiased as torchvision's RandomResizedCrop(antialias=True)
-    and PIL, or plain (big_vision's inception crop; 4-5x cheaper on the host, and after the DCT-domain downscale
-    the remaining factor is below 2 on the shorter side, so little aliasing is left)."""
-    resized = tf.image.resize(image, (size, size), method="bilinear", antialias=antialias)
+    """uint8 bilinear to size x size: antialiased by PIL's resize, which is what torchvision's RandomResizedCrop
+    runs on PIL images (its ImageNet recipes' path; 3x faster here than TF's antialiased resize, and it releases
+    the GIL), or plain (big_vision's inception crop; after the DCT-domain downscale the remaining factor is below
+    2 on the shorter side, so little aliasing is left)."""
+    if antialias:
+        resized = tf.numpy_function(functools.partial(_pil_bilinear, size=size), [image], tf.uint8, stateful=False)
+        return tf.ensure_shape(resized, (size, size, 3))
+    resized = tf.image.resize(image, (size, size), method="bilinear")
     return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
 
 

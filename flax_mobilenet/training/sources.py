@@ -11,11 +11,13 @@ TFDS datasets are read sequentially by file shards, not by index (`TfdsSource` o
 """
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import functools
 import hashlib
 import importlib
 import math
+import weakref
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
@@ -50,8 +52,9 @@ class DatasetInfo:
 
 @dataclasses.dataclass(frozen=True)
 class EpochRows:
-    """Which rows of an epoch this process reads: `steps` global batches of `local_batch * process_count`
-    examples, starting after `skip` batches."""
+    """Which rows of `epochs` consecutive epochs, from `epoch` on, this process reads: per epoch `steps` global
+    batches of `local_batch * process_count` examples, the first epoch starting after `skip` batches.  Several
+    epochs are one dataset so that a short epoch does not drain and refill the pipeline's prefetching."""
 
     epoch: int
     skip: int
@@ -59,6 +62,13 @@ class EpochRows:
     local_batch: int
     process_index: int
     process_count: int
+    epochs: int = 1
+
+    def positions(self, epoch: int) -> np.ndarray:
+        """This process's positions in `epoch`'s order (one of this object's epochs), in reading order."""
+        global_batch = self.local_batch * self.process_count
+        positions = np.arange(self.steps * global_batch).reshape(self.steps, self.process_count, self.local_batch)
+        return positions[self.skip if epoch == self.epoch else 0:, self.process_index].reshape(-1)
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -99,15 +109,19 @@ class Source:
         return lambda index: {k: v.numpy() for k, v in read(tf.constant(index, tf.int64)).items()}
 
     def train_examples(self, rows: EpochRows, seed: int, encoded: bool = False) -> tf.data.Dataset:
-        """(example, its seed) for this process's rows of an epoch; the order ignores process_count.  `encoded`:
-        images as encoded bytes where the source has them (`encoded_reader`)."""
-        order = np.random.default_rng(epoch_seed(seed, rows.epoch)).permutation(self.size("train"))
-        global_batch = rows.local_batch * rows.process_count
-        positions = np.arange(rows.steps * global_batch).reshape(rows.steps, rows.process_count, rows.local_batch)
-        positions = positions[rows.skip:, rows.process_index].reshape(-1)
+        """(example, its seed) for this process's rows of the epochs; each epoch's order ignores process_count.
+        `encoded`: images as encoded bytes where the source has them (`encoded_reader`)."""
+        indices, positions, epochs = [], [], []
+        for epoch in range(rows.epoch, rows.epoch + rows.epochs):
+            order = np.random.default_rng(epoch_seed(seed, epoch)).permutation(self.size("train"))
+            epoch_positions = rows.positions(epoch)
+            indices.append(order[epoch_positions])
+            positions.append(epoch_positions)
+            epochs.append(np.full(len(epoch_positions), epoch))
         read = (encoded and self.encoded_reader("train")) or self.reader("train")
-        return tf.data.Dataset.from_tensor_slices((order[positions], positions)).map(
-            lambda index, position: ({**read(index), "index": index}, example_seed(seed, rows.epoch, position)),
+        slices = tuple(np.concatenate(column) for column in (indices, positions, epochs))
+        return tf.data.Dataset.from_tensor_slices(slices).map(
+            lambda index, position, epoch: ({**read(index), "index": index}, example_seed(seed, epoch, position)),
             num_parallel_calls=tf.data.AUTOTUNE)
 
     def image_sizes(self, split: str) -> Optional[np.ndarray]:
@@ -304,8 +318,29 @@ def datasets_for(task: str) -> str:
             f"val2017/, annotations/), {yolo_hint}'voc:/path/to/VOCdevkit/VOC2012'{tfds_hint} for {task}")
 
 
+# Pipelines being read: closed before the interpreter shuts down (atexit), because tearing down a pipeline with
+# `tf.numpy_function` calls in flight (PIL's resize, YOLO's ops) during shutdown deadlocks: its workers wait for a
+# GIL that a finalizing interpreter no longer hands out, and the teardown waits for them.
+_OPEN_PIPELINES: "weakref.WeakSet[Iterator]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_pipelines() -> None:
+    for batches in list(_OPEN_PIPELINES):
+        try:
+            batches.close()
+        except ValueError:  # being read by another thread right now: nothing to do from here
+            pass
+
+
 def iterate_numpy(ds: tf.data.Dataset, files: Optional[np.ndarray] = None) -> Iterator[dict[str, np.ndarray]]:
     """The dataset as NumPy; an image TF cannot decode is named (TF's error does not say which file)."""
+    batches = _numpy_batches(ds, files)
+    _OPEN_PIPELINES.add(batches)
+    return batches
+
+
+def _numpy_batches(ds: tf.data.Dataset, files: Optional[np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
     try:
         yield from ds.as_numpy_iterator()
     except Exception as error:  # not `except tf.errors...`: at interpreter exit, closing needs no module globals

@@ -7,6 +7,7 @@ need a folder source.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Optional
 
@@ -82,23 +83,29 @@ class TfdsSource(Source):
 
     def train_examples(self, rows: EpochRows, seed: int, encoded: bool = False) -> tf.data.Dataset:
         """As `Source.train_examples`; `encoded`: images stay the stored (encoded) bytes."""
+        epochs = range(rows.epoch, rows.epoch + rows.epochs)
+        return functools.reduce(tf.data.Dataset.concatenate,
+                                [self._epoch_examples(rows, epoch, seed, encoded) for epoch in epochs])
+
+    def _epoch_examples(self, rows: EpochRows, epoch: int, seed: int, encoded: bool) -> tf.data.Dataset:
         import tensorflow_datasets as tfds
 
-        shuffle_seed = epoch_seed(seed, rows.epoch)
+        shuffle_seed = epoch_seed(seed, epoch)
         split = tfds.even_splits(self.info.train_split, n=rows.process_count, drop_remainder=True)[rows.process_index]
         read_config = tfds.ReadConfig(shuffle_seed=shuffle_seed, interleave_cycle_length=16)
         ds = self.builder.as_dataset(split=split, shuffle_files=True, read_config=read_config,
                                      decoders={"image": tfds.decode.SkipDecoding()})
         ds = ds.shuffle(min(self.shuffle_buffer_size, self.info.num_train), seed=shuffle_seed,
                         reshuffle_each_iteration=False)
-        ds = ds.take(rows.steps * rows.local_batch).enumerate().skip(rows.skip * rows.local_batch)
+        skip = rows.skip if epoch == rows.epoch else 0
+        ds = ds.take(rows.steps * rows.local_batch).enumerate().skip(skip * rows.local_batch)
 
         def load(position, example):
             image = example["image"]
             if not encoded:
                 image = tf.io.decode_image(image, channels=3, expand_animations=False)
             example_seed = tf.stack([tf.cast(seed, tf.int64),
-                                     (tf.cast(rows.epoch, tf.int64) * 2**16 + rows.process_index) * 2**32 + position])
+                                     (tf.cast(epoch, tf.int64) * 2**16 + rows.process_index) * 2**32 + position])
             return self._example(example, image), example_seed
 
         return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
