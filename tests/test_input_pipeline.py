@@ -74,7 +74,8 @@ def test_epochs_read_as_one_pipeline_give_the_same_batches(monkeypatch):
         np.testing.assert_array_equal(a["image"], b["image"])
         np.testing.assert_array_equal(a["seed"], b["seed"])
     for start in (2 * steps_per_epoch - 1, 2 * steps_per_epoch, 2 * steps_per_epoch + 1):
-        np.testing.assert_array_equal(take(config, 1, batch=64, start_step=start)[0]["image"], per_epoch[start]["image"])
+        resumed = take(config, 1, batch=64, start_step=start)[0]
+        np.testing.assert_array_equal(resumed["image"], per_epoch[start]["image"])
 
 
 def test_a_process_exits_with_a_pipeline_still_open():

@@ -28,7 +28,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.augment = ml_collections.ConfigDict(dict(
         random_resized_crop=True,
         crop_scale_min=0.08,
-        # the crop's resize: antialiased (torchvision/PIL) or plain bilinear (big_vision; the host does 4-5x less)
+        # the crop's resize: antialiased (PIL's, as torchvision on PIL images) or plain bilinear (big_vision; cheaper)
         crop_antialias=True,
         flip=True,
         policy="none",  # 'none' | 'autoaugment' (ImageNet policy) | 'randaugment'

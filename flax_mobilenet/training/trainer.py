@@ -44,11 +44,16 @@ def check_workdir(workdir: str) -> Path:
     return path
 
 
+PRODUCER_STOP_SECONDS = 60.0  # the longest a closed `_device_batches` waits for the batch being read
+
+
 def _device_batches(batches: Iterator[dict[str, np.ndarray]], sharding: NamedSharding,
                     depth: int = 2) -> Iterator[dict[str, jax.Array]]:
     """Each process's rows assembled into global arrays by a background thread, up to `depth` batches ahead, so
     the next batch is read and transferred while the step runs.  A failure of the producer is raised here; the
-    thread is a daemon and stops when this generator is closed (or collected), closing `batches`."""
+    thread is a daemon; closing this generator stops it and waits (up to `PRODUCER_STOP_SECONDS`) until it has
+    closed `batches`: a pipeline still running while the interpreter shuts down can abort the process (its
+    `numpy_function` workers cannot take the GIL any more)."""
     ready: queue.Queue = queue.Queue(maxsize=depth)
     stopped = threading.Event()
     end = object()
@@ -88,6 +93,7 @@ def _device_batches(batches: Iterator[dict[str, np.ndarray]], sharding: NamedSha
             yield item
     finally:
         stopped.set()
+        thread.join(PRODUCER_STOP_SECONDS)
 
 
 class _ProducerError:
@@ -230,6 +236,7 @@ class Trainer:
                     self._save_and_stop(step, state, pending, saved=do_save, watch=watch)
             finished = True
         finally:
+            batches.close()
             watch.restore()
             if progress is not None:
                 progress.close()
