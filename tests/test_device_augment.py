@@ -213,12 +213,13 @@ def test_the_plain_crop_resize_is_bilinear_without_antialiasing(tmp_path):
         contents, 224, 0.9, tf.random.experimental.stateless_split(seed, 2)[0], antialias=False))
 
 
+@pytest.mark.torch
 def test_the_antialiased_crop_resize_is_torchvisions_pil_path(tmp_path):
     """RandomResizedCrop's resize (augment.crop_antialias=True) is exactly torchvision's on a PIL image (PIL's
     bilinear resize), the path of its ImageNet recipes, for windows shrunk, enlarged and both."""
     from PIL import Image
-    from torchvision.transforms.v2 import functional as F
 
+    _, v2 = _torchvision()
     contents = _jpeg_bytes(tmp_path, 375, 500)
     decoded = tf.io.decode_jpeg(contents, channels=3, dct_method=augment.DCT_METHOD)
     picture = Image.fromarray(decoded.numpy())
@@ -226,7 +227,7 @@ def test_the_antialiased_crop_resize_is_torchvisions_pil_path(tmp_path):
         seed = tf.constant([int(100 * scale_min), size], tf.int64)
         top, left, h, w = (int(v) for v in augment.crop_window(375, 500, scale_min, seed))
         ours = augment.random_resized_crop(decoded, size, scale_min, seed).numpy()
-        theirs = F.resized_crop(picture, top, left, h, w, [size, size], antialias=True)
+        theirs = v2.functional.resized_crop(picture, top, left, h, w, [size, size], antialias=True)
         np.testing.assert_array_equal(ours, np.asarray(theirs), err_msg=f"window {h}x{w} -> {size}")
 
 
