@@ -3,10 +3,12 @@
 folder (so `checkpoints/` and `runs/` land there, not in the repository)."""
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -31,17 +33,30 @@ def _run(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return result
 
 
-def run_quickstart(folder: Path, config: str) -> tuple[Path, list[dict], float, str]:
-    """(workdir, metrics.jsonl rows, training wall seconds, stdout) of the quickstart `config` run in `folder`."""
+class QuickstartRun(NamedTuple):
+    workdir: Path
+    rows: list[dict]  # metrics.jsonl
+    seconds: float  # train.py's wall time
+    cpu_seconds: float  # train.py's user + system time: what the run costs, whoever else shares the cores
+    stdout: str
+
+
+def _children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_quickstart(folder: Path, config: str) -> QuickstartRun:
+    """The quickstart `config` run by train.py in `folder`, after converting its ImageNet backbone."""
     _run([sys.executable, str(ROOT / "convert_weights.py"), "--model", "mobilenet_v2", "--input",
           str(mobilenet_v2_weights()), "--output", "checkpoints/mobilenet_v2"], folder)
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), _children_cpu_seconds()
     result = _run([sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs" / f"{config}.py"),
                    "--workdir", f"runs/{config}"], folder)
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, _children_cpu_seconds() - start_cpu
     workdir = folder / "runs" / config
     rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return workdir, rows, seconds, result.stdout
+    return QuickstartRun(workdir, rows, seconds, cpu_seconds, result.stdout)
 
 
 def final_eval(rows: list[dict]) -> dict:

@@ -13,7 +13,7 @@ def quickstart(tmp_path_factory):
 
 
 def test_ssdlite_quickstart_reaches_map50_of_one_half(quickstart):
-    workdir, rows, seconds, stdout = quickstart
+    workdir, rows, seconds, _, stdout = quickstart
     final = final_eval(rows)
     print(f"ssdlite_shapes: mAP@0.5 {final['eval_map50']:.4f}, mAP {final['eval_map']:.4f} at step "
           f"{final['step']}, {seconds:.0f} s")
@@ -30,7 +30,7 @@ def _iou(a, b):
 
 
 def test_the_trained_detector_finds_held_out_shapes_through_predict(quickstart, tmp_path):
-    workdir = quickstart[0]
+    workdir = quickstart.workdir
     examples, paths = held_out_images(tmp_path)
     results = predict_json(workdir, paths, "--min-score", "0.05")
     found = total = 0

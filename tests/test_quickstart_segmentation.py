@@ -14,7 +14,7 @@ def quickstart(tmp_path_factory):
 
 
 def test_lraspp_quickstart_reaches_miou_of_0_6(quickstart):
-    workdir, rows, seconds, stdout = quickstart
+    workdir, rows, seconds, _, stdout = quickstart
     final = final_eval(rows)
     print(f"lraspp_shapes: mIoU {final['eval_miou']:.4f}, pixel accuracy {final['eval_pixel_accuracy']:.4f} at "
           f"step {final['step']}, {seconds:.0f} s")
@@ -24,7 +24,7 @@ def test_lraspp_quickstart_reaches_miou_of_0_6(quickstart):
 
 
 def test_the_trained_segmenter_labels_held_out_pixels_through_predict(quickstart, tmp_path):
-    workdir = quickstart[0]
+    workdir = quickstart.workdir
     examples, paths = held_out_images(tmp_path)
     distances = []  # total variation between the predicted and the true class fractions of each image
     for example, result in zip(examples, predict_json(workdir, paths)):

@@ -20,21 +20,23 @@ def quickstart(tmp_path_factory):
 
 
 def test_yolo_quickstart_reaches_map50_of_0_5_in_6_minutes(quickstart):
-    workdir, rows, seconds, stdout = quickstart
+    workdir, rows, seconds, cpu_seconds, stdout = quickstart
     final = final_eval(rows)
     print(f"yolov8n_mobilenet_v2_shapes: mAP50 {final['eval_ul_map50']:.4f} (COCO API {final['eval_map50']:.4f}), "
-          f"mAP50-95 {final['eval_ul_map']:.4f} at step {final['step']}, {seconds:.0f} s")
+          f"mAP50-95 {final['eval_ul_map']:.4f} at step {final['step']}, {seconds:.0f} s ({cpu_seconds:.0f} CPU-s)")
     assert final["eval_examples"] == shapes.NUM_EXAMPLES["validation"]
     # seeds 0 / 1 / 2 reach 53.5% / 67.9% / 57.5% (float32 rounding alone moves seed 0 between 53.5% and 64.7%): the
     # recipe's spread, not a bound on it; 0.5 catches a broken pipeline, loss or evaluation
     assert final["eval_ul_map50"] >= 0.5 and final["eval_map50"] >= 0.5, final
-    assert seconds < 480, f"{seconds:.0f} s (the target is 6 minutes on an idle 2-core machine; CI shares its cores)"
+    # 6 minutes on 2 cores, counted in CPU time: CI's other worker shares the cores, which stretches the wall time
+    # (525 s seen) but not the work (~460 CPU-s over 300 s wall on an idle 2-core VM)
+    assert cpu_seconds < 2 * 360, f"{cpu_seconds:.0f} CPU-s, {seconds:.0f} s wall: above 6 minutes on 2 cores"
     assert "mobilenet_v2's layers as the backbone of yolov8n_mobilenet_v2" in stdout
     assert "(COCO API); mAP50-95" in stdout  # both numbers printed
 
 
 def test_predict_draws_the_run_s_boxes_on_held_out_shapes(quickstart, tmp_path):
-    workdir = quickstart[0]
+    workdir = quickstart.workdir
     examples, paths = held_out_images(tmp_path)
     results = predict_json(workdir, paths)
     found = total = 0

@@ -23,8 +23,11 @@ from .transforms import Preprocessing
 
 
 # Epochs shorter than this many steps are read several to a tf.data pipeline: each new pipeline starts with empty
-# prefetch buffers (measured: 512-image epochs ran at half the throughput of 2048-image ones, batch 64).
+# prefetch buffers (measured: 512-image epochs ran at half the throughput of 2048-image ones, batch 64).  At most
+# MAX_CHAINED_EPOCHS are chained: a TFDS source builds a reader per epoch, and hundreds of one-step epochs (a
+# small dataset, a large batch) took minutes to build.
 MIN_PIPELINE_STEPS = 256
+MAX_CHAINED_EPOCHS = 16
 
 
 def local_batch_size(global_batch_size: int, process_count: int) -> int:
@@ -78,7 +81,7 @@ class Pipeline:
         if steps == 0:
             raise DatasetError(f"batch size {global_batch_size} exceeds the {self.info.num_train} training examples")
         epoch, skip = divmod(start_step, steps)
-        epochs = -(-MIN_PIPELINE_STEPS // steps)
+        epochs = min(-(-MIN_PIPELINE_STEPS // steps), MAX_CHAINED_EPOCHS)
         while True:
             rows = EpochRows(epoch, skip, steps, local_batch, process_index, process_count, epochs)
             examples = self.source.train_examples(rows, self.seed,
