@@ -37,7 +37,7 @@ import tensorflow as tf
 
 from ..weights import COCO_LABELS, VOC_LABELS
 from . import dense_augment
-from .sources import DatasetError, DatasetInfo, Example, Source
+from .sources import DatasetError, DatasetInfo, Example, Source, hold
 
 # torchvision's references/segmentation CAT_LIST: the COCO category id of each VOC class (index = VOC label)
 COCO_VOC_CATEGORIES = (0, 5, 2, 16, 9, 44, 6, 3, 17, 62, 21, 67, 18, 19, 4, 1, 64, 20, 63, 7, 72)
@@ -62,8 +62,7 @@ class Annotations:
     def reader(self, max_boxes: int) -> Callable[[tf.Tensor], Example]:
         """index -> the example (image, mask, boxes, labels) in graph ops, boxes padded to `max_boxes` rows (no mask:
         (0, 0))."""
-        paths, offsets = tf.constant(self.images), tf.constant(self.offsets)
-        boxes, labels = tf.constant(self.boxes.reshape(-1, 4)), tf.constant(self.labels)
+        paths, offsets, boxes, labels = hold((self.images, self.offsets, self.boxes.reshape(-1, 4), self.labels))
         mask_fn = self.mask
 
         def read(index: tf.Tensor) -> Example:

@@ -149,6 +149,13 @@ class Source:
                         num_parallel_calls=tf.data.AUTOTUNE)
 
 
+def hold(arrays):
+    """NumPy arrays (a dict, tuple or one) that a reader gathers from, held in TF variables: an array captured by a
+    dataset's function is copied into its graph as a constant each time a pipeline is built (10 s for shapes' 131
+    MB, and an ImageNet folder's file list is as large)."""
+    return tf.nest.map_structure(lambda array: tf.Variable(array, trainable=False), arrays)
+
+
 def decode_file(path: tf.Tensor) -> tf.Tensor:
     return tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
 
@@ -169,7 +176,7 @@ class LabelledImages(Source):
     is_files: bool
 
     def reader(self, split: str) -> Reader:
-        images, labels = self.train if split == "train" else self.eval
+        images, labels = hold(self.train if split == "train" else self.eval)
         load = decode_file if self.is_files else lambda x: x
 
         def read(index):
@@ -183,7 +190,7 @@ class LabelledImages(Source):
     def encoded_reader(self, split: str) -> Optional[Reader]:
         if not self.is_files:
             return None
-        paths, labels = self.train if split == "train" else self.eval
+        paths, labels = hold(self.train if split == "train" else self.eval)
         return lambda index: {"image": tf.io.read_file(tf.gather(paths, index)), "label": tf.gather(labels, index)}
 
 
@@ -255,19 +262,9 @@ class DenseArrays(Source):
     info: DatasetInfo
     train: dict[str, np.ndarray]
     eval: dict[str, np.ndarray]
-    _held: dict[str, dict[str, tf.Variable]] = dataclasses.field(default_factory=dict, repr=False, compare=False)
-
     def reader(self, split: str) -> Reader:
-        data = self._variables(split)
+        data = hold(self.train if split == "train" else self.eval)
         return lambda index: {k: tf.gather(data[k], index) for k in ("image", "mask", "boxes", "labels")}
-
-    def _variables(self, split: str) -> dict[str, tf.Variable]:
-        """The split's arrays held once in TF variables: arrays captured by a dataset's function are copied into
-        its graph as constants, each time a pipeline is built (10 s for the 131 MB of shapes' train split)."""
-        if split not in self._held:
-            data = self.train if split == "train" else self.eval
-            self._held[split] = {k: tf.Variable(v, trainable=False) for k, v in data.items()}
-        return self._held[split]
 
     def numpy_reader(self, split: str) -> Callable[[int], dict[str, np.ndarray]]:
         data = self.train if split == "train" else self.eval

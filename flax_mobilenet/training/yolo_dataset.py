@@ -45,7 +45,7 @@ from typing import Callable, Optional
 import numpy as np
 import tensorflow as tf
 
-from .sources import IMAGE_SUFFIXES, DatasetError, DatasetInfo, Source, decode_file
+from .sources import IMAGE_SUFFIXES, DatasetError, DatasetInfo, Source, decode_file, hold
 
 PREFIX = "yolo:"
 SPLITS = ("train", "val", "test")
@@ -541,8 +541,8 @@ class YoloSource(Source):
     max_boxes: int
 
     def reader(self, split: str) -> Callable[[tf.Tensor], dict[str, tf.Tensor]]:
-        boxes, classes, _ = (tf.constant(a) for a in self.dataset.padded(self._split(split), self.max_boxes))
-        paths = tf.constant(self.files(split))
+        boxes, classes, _ = hold(self.dataset.padded(self._split(split), self.max_boxes))
+        paths = hold(self.files(split))
 
         def read(index):
             image = decode_file(tf.gather(paths, index))
