@@ -262,6 +262,7 @@ class DenseArrays(Source):
     info: DatasetInfo
     train: dict[str, np.ndarray]
     eval: dict[str, np.ndarray]
+
     def reader(self, split: str) -> Reader:
         data = hold(self.train if split == "train" else self.eval)
         return lambda index: {k: tf.gather(data[k], index) for k in ("image", "mask", "boxes", "labels")}

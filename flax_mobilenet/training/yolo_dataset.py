@@ -541,8 +541,8 @@ class YoloSource(Source):
     max_boxes: int
 
     def reader(self, split: str) -> Callable[[tf.Tensor], dict[str, tf.Tensor]]:
-        boxes, classes, _ = hold(self.dataset.padded(self._split(split), self.max_boxes))
-        paths = hold(self.files(split))
+        boxes, classes, _ = self.dataset.padded(self._split(split), self.max_boxes)
+        boxes, classes, paths = hold((boxes, classes, self.files(split)))
 
         def read(index):
             image = decode_file(tf.gather(paths, index))
