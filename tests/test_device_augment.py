@@ -215,20 +215,29 @@ def test_the_plain_crop_resize_is_bilinear_without_antialiasing(tmp_path):
 
 @pytest.mark.torch
 def test_the_antialiased_crop_resize_is_torchvisions_pil_path(tmp_path):
-    """RandomResizedCrop's resize (augment.crop_antialias=True) is exactly torchvision's on a PIL image (PIL's
-    bilinear resize), the path of its ImageNet recipes, for windows shrunk, enlarged and both."""
+    """RandomResizedCrop's resize (augment.crop_antialias=True) is torchvision's on a PIL image (PIL's bilinear
+    resize), the path of its ImageNet recipes, for windows shrunk, enlarged and both: the same bytes for windows at
+    least as wide as tall, within one level for taller ones (Pillow 13 may run its vertical pass first:
+    tests/test_resample.py)."""
     from PIL import Image
 
     _, v2 = _torchvision()
     contents = _jpeg_bytes(tmp_path, 375, 500)
     decoded = tf.io.decode_jpeg(contents, channels=3, dct_method=augment.DCT_METHOD)
     picture = Image.fromarray(decoded.numpy())
-    for scale_min, size in ((0.9, 224), (0.08, 224), (0.08, 320)):
-        seed = tf.constant([int(100 * scale_min), size], tf.int64)
+    wide = 0
+    for i in range(12):
+        scale_min, size = (0.9, 0.08)[i % 2], (224, 320)[i // 6]
+        seed = tf.constant([i, size], tf.int64)
         top, left, h, w = (int(v) for v in augment.crop_window(375, 500, scale_min, seed))
         ours = augment.random_resized_crop(decoded, size, scale_min, seed).numpy()
-        theirs = v2.functional.resized_crop(picture, top, left, h, w, [size, size], antialias=True)
-        np.testing.assert_array_equal(ours, np.asarray(theirs), err_msg=f"window {h}x{w} -> {size}")
+        theirs = np.asarray(v2.functional.resized_crop(picture, top, left, h, w, [size, size], antialias=True))
+        if w >= h:
+            wide += 1
+            np.testing.assert_array_equal(ours, theirs, err_msg=f"window {h}x{w} -> {size}")
+        else:
+            assert np.abs(ours.astype(int) - theirs).max() <= 1, f"window {h}x{w} -> {size}"
+    assert wide >= 4
 
 
 def test_non_jpeg_files_take_the_decode_then_crop_path(tmp_path):
