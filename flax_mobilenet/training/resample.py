@@ -4,9 +4,9 @@ RandomResizedCrop's resize is the host pipeline's largest cost after JPEG decodi
 run it through Pillow: a separable triangle filter whose support widens with the downscale factor, weights rounded
 to 22-bit fixed point, a horizontal pass rounded to uint8, then a vertical pass.  Pillow's loops are scalar; here
 each pass is a sum of whole rows (the horizontal pass on the transposed image), which the compiler vectorises, so
-the same arithmetic runs about 4x faster.  Pillow <= 12 gives the same bytes (it runs the vertical pass first only
-for images over 100x taller than wide); Pillow 13 sometimes runs the vertical pass first for images taller than
-wide, which moves some pixels by one level (tests/test_resample.py).
+the same arithmetic runs about 4x faster.  Pillow <= 12 gives the same bytes, but for images over 100x taller than
+wide (it runs the vertical pass first there); Pillow 13 sometimes runs the vertical pass first for any image taller
+than wide, which moves some pixels by one level (tests/test_resample.py).
 """
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def filter_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np
 
 
 @numba.njit(nogil=True, cache=True)
-def _resample_rows(source, first, count, weights, out):  # pragma: no cover (compiled)
+def _resample_rows(source, first, count, weights, out):
     """out[i] = clip((2^21 + sum_k weights[i, k] * source[first[i] + k]) >> 22) over whole rows (2-D uint8)."""
     width = source.shape[1]
     total = np.empty(width, np.int32)

@@ -326,7 +326,7 @@ def datasets_for(task: str) -> str:
 
 
 # Pipelines being read: closed before the interpreter shuts down (atexit), because tearing down a pipeline with
-# `tf.numpy_function` calls in flight (PIL's resize, YOLO's ops) during shutdown deadlocks: its workers wait for a
+# `tf.numpy_function` calls in flight (the crop's resize, YOLO's ops) during shutdown deadlocks: its workers wait for a
 # GIL that a finalizing interpreter no longer hands out, and the teardown waits for them.
 _OPEN_PIPELINES: "weakref.WeakSet[Iterator]" = weakref.WeakSet()
 
