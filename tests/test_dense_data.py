@@ -252,18 +252,47 @@ def test_segmentation_train_and_eval_keep_masks_aligned():
     again = SEGMENTATION_TRAIN(image, mask, seed(3))
     np.testing.assert_array_equal(again["image"], outputs[3]["image"])
     # RandomResize's sizes: the shorter side uniform in [min, max], the longer int(short * long / short_side)
-    resize = tf.function(lambda im, s: da.random_resize(im, None, s, 40, 60)[0], input_signature=(IMAGE, SEED))
+    geometry = tf.function(lambda h, w, s: da.segmentation_geometry(h, w, s, 40, 60, 30, 0.5))
     shorts = set()
     for i in range(40):
-        h, w = resize(image, seed(i)).shape[:2]
+        drawn = geometry(H, W, seed(i))
+        h, w = int(drawn.height), int(drawn.width)
         shorts.add(h)
         assert 40 <= h <= 60 and w == int(h * W / H)
     assert len(shorts) >= 12
-    tall = resize(np.zeros((50, 30, 3), np.uint8), seed(0))
-    assert tall.shape[1] in range(40, 61) and tall.shape[0] == int(tall.shape[1] * 50 / 30)
+    tall = geometry(50, 30, seed(0))
+    assert int(tall.width) in range(40, 61) and int(tall.height) == int(int(tall.width) * 50 / 30)
     out = {k: v.numpy() for k, v in SEGMENTATION_EVAL(image, mask).items()}
     assert out["image"].shape == (80, 80, 3)
     check_pixels(out)
+
+
+def test_segmentation_crop_is_the_whole_resize_flipped_padded_and_cropped():
+    """resize_flip_crop computes only the crop; it gives what the reference's steps give one after the other:
+    the whole image resized (Pillow's arithmetic, `resample`; the mask by tf.image.resize's nearest), flipped,
+    padded bottom/right (0 / 255) and cropped, for wide and tall images, flipped or not, padded or not."""
+    from flax_mobilenet.training import resample
+
+    rng = np.random.default_rng(0)
+    run = tf.function(lambda im, m, g, crop: da.resize_flip_crop(im, m, g, crop))
+    seen = set()
+    for i, (height, width, crop) in enumerate([(60, 90, 48), (90, 60, 48), (61, 47, 64)] * 6):
+        image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        mask = rng.integers(0, 21, (height, width), dtype=np.uint8)
+        drawn = da.segmentation_geometry(height, width, seed(i), 30, 90, crop, 0.5)
+        new_h, new_w, flip, top, left = (int(v) for v in drawn)
+        whole = resample.resize_bilinear(image, new_h, new_w)
+        whole_mask = tf.image.resize(mask[..., None], (new_h, new_w), "nearest")[..., 0].numpy()
+        if flip:
+            whole, whole_mask = whole[:, ::-1], whole_mask[:, ::-1]
+        pad = ((0, max(crop - new_h, 0)), (0, max(crop - new_w, 0)))
+        whole = np.pad(whole, pad + ((0, 0),))[top:top + crop, left:left + crop]
+        whole_mask = np.pad(whole_mask, pad, constant_values=255)[top:top + crop, left:left + crop]
+        ours_image, ours_mask = run(image, mask, drawn, crop)
+        np.testing.assert_array_equal(ours_image, whole, err_msg=f"case {i}")
+        np.testing.assert_array_equal(ours_mask, whole_mask, err_msg=f"case {i}")
+        seen.add((flip, pad != ((0, 0), (0, 0))))
+    assert seen == {(False, False), (False, True), (True, False), (True, True)}
 
 
 # --------------------------------------------------------------------------------- against torchvision

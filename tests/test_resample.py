@@ -60,3 +60,19 @@ def test_filter_taps_stay_inside_the_input_and_sum_to_one():
         assert (first >= 0).all() and (first + count <= in_size).all() and (count >= 1).all()
         assert (weights >= 0).all()
         assert np.abs(weights.sum(1) - (1 << resample.PRECISION_BITS)).max() <= weights.shape[1]
+
+
+def test_a_window_is_the_crop_of_the_whole_resize_and_mirror_its_flip():
+    rng = np.random.default_rng(3)
+    for height, width, out_height, out_width in ((90, 120, 200, 260), (120, 90, 60, 90), (50, 70, 50, 140),
+                                                 (64, 48, 100, 48)):
+        image = _random_image(rng, height, width)
+        whole = resample.resize_bilinear(image, out_height, out_width)
+        for _ in range(4):
+            top, left = int(rng.integers(0, out_height - 1)), int(rng.integers(0, out_width - 1))
+            bottom, right = int(rng.integers(top + 1, out_height + 1)), int(rng.integers(left + 1, out_width + 1))
+            crop = whole[top:bottom, left:right]
+            for mirror in (False, True):
+                np.testing.assert_array_equal(
+                    resample.resize_bilinear(image, out_height, out_width, (top, bottom), (left, right), mirror),
+                    crop[:, ::-1] if mirror else crop)

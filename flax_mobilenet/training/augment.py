@@ -77,8 +77,8 @@ def decode_image(contents: tf.Tensor) -> tf.Tensor:
 def _resize(image: tf.Tensor, size: int, antialias: bool) -> tf.Tensor:
     """uint8 bilinear to size x size: antialiased as PIL's resize computes it, which is what torchvision's
     RandomResizedCrop runs on PIL images (its ImageNet recipes' path; `resample.py`, 4x faster than PIL, 12x than
-    TF's antialiased resize, and it releases the GIL), or plain (big_vision's inception crop; after the DCT-domain downscale the remaining factor is below
-    2 on the shorter side, so little aliasing is left)."""
+    TF's antialiased resize, and it releases the GIL), or plain (big_vision's inception crop; after the DCT-domain
+    downscale the remaining factor is below 2 on the shorter side, so little aliasing is left)."""
     if antialias:
         resized = tf.numpy_function(functools.partial(resample.resize_bilinear, height=size, width=size), [image],
                                     tf.uint8, stateful=False)

@@ -14,17 +14,21 @@ torchvision's (`transforms.v2` and its detection / segmentation `references`), w
 
 Transforms: `random_iou_crop` (SSD's RandomIoUCrop), `random_zoom_out` (RandomZoomOut), `horizontal_flip` /
 `random_horizontal_flip`, `photometric_distort` (RandomPhotometricDistort, with torchvision's uint8 kernels),
-`random_resize` + `random_crop` (the segmentation reference's RandomResize and RandomCrop with pad-if-smaller),
+`segmentation_geometry` + `resize_flip_crop` (the segmentation reference's RandomResize, RandomHorizontalFlip and
+RandomCrop with pad-if-smaller, computed for the crop's pixels only),
 `resize` (to the model's fixed input size) and `sanitize_boxes` (SanitizeBoundingBoxes).  Recipes:
 `ssdlite_train`, `ssd_train`, `detection_eval`, `segmentation_train`, `segmentation_eval`; `pad_boxes` pads
 a variable number of boxes to a fixed count.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+import functools
+from typing import NamedTuple, Optional, Sequence, Union
 
+import numpy as np
 import tensorflow as tf
 
+from . import resample
 from .augment import Seed, uniform
 
 Size = Union[int, Sequence[int]]
@@ -271,11 +275,14 @@ def random_horizontal_flip(image, boxes, labels, seed: Seed, mask=None, p: float
 def resize(image, size: Size, boxes=None, labels=None, mask=None, antialias: bool = False):
     """Resize to exactly `size` (h, w): bilinear image (half-pixel centres, rounded to uint8), boxes scaled,
     mask nearest.  antialias=False is torchvision's detection model transform (F.interpolate bilinear);
-    antialias=True its segmentation reference (PIL/antialiased bilinear)."""
+    antialias=True its segmentation reference (PIL's antialiased bilinear, as `resample` computes it)."""
     out_h, out_w = _pair(size)
     height, width = _hw(image)
-    resized = _to_uint8(tf.image.resize(tf.cast(image, tf.float32), (out_h, out_w), "bilinear",
-                                        antialias=antialias))
+    if antialias:
+        resized = tf.numpy_function(functools.partial(resample.resize_bilinear, height=out_h, width=out_w), [image],
+                                    tf.uint8, stateful=False)
+    else:
+        resized = _to_uint8(tf.image.resize(tf.cast(image, tf.float32), (out_h, out_w), "bilinear"))
     resized = tf.ensure_shape(resized, (out_h, out_w, 3))
     if mask is not None:
         mask = tf.ensure_shape(tf.image.resize(mask[..., None], (out_h, out_w), "nearest")[..., 0], (out_h, out_w))
@@ -376,36 +383,72 @@ def photometric_distort(image, seed: Seed, *, brightness=(0.875, 1.125), contras
 
 
 # ------------------------------------------------------------------------------------ segmentation
-def random_resize(image, mask, seed: Seed, min_size: int, max_size: int, antialias: bool = True):
-    """The segmentation reference's RandomResize: the shorter side to an integer uniform in [min_size,
-    max_size] (the longer one int(size * long / short)); image bilinear (antialiased), mask nearest."""
-    height, width = _hw(image)
-    short = _randint_between(seed, min_size, max_size + 1)
+class SegmentationGeometry(NamedTuple):
+    """The segmentation reference's draws: RandomResize's size, RandomHorizontalFlip, RandomCrop's corner (in
+    the flipped image padded bottom/right up to the crop size)."""
+    height: tf.Tensor
+    width: tf.Tensor
+    flip: tf.Tensor
+    top: tf.Tensor
+    left: tf.Tensor
+
+
+def segmentation_geometry(height, width, seed: Seed, min_size: int, max_size: int, crop_size: Size,
+                          hflip_prob: float) -> SegmentationGeometry:
+    """RandomResize: the shorter side to an integer uniform in [min_size, max_size], the longer one
+    int(size * long / short); then the flip with probability hflip_prob; then RandomCrop's uniform corner."""
+    resize_seed, flip_seed, crop_seed = _seeds(seed, 3)
+    short = _randint_between(resize_seed, min_size, max_size + 1)
     h64, w64, short64 = (tf.cast(x, tf.float64) for x in (height, width, short))
     new_h = tf.where(height <= width, short, tf.cast(tf.floor(short64 * h64 / w64), tf.int32))
     new_w = tf.where(height <= width, tf.cast(tf.floor(short64 * w64 / h64), tf.int32), short)
-    image = _to_uint8(tf.image.resize(tf.cast(image, tf.float32), tf.stack([new_h, new_w]), "bilinear",
-                                      antialias=antialias))
-    if mask is not None:
-        mask = tf.image.resize(mask[..., None], tf.stack([new_h, new_w]), "nearest")[..., 0]
-    return image, mask
+    crop_h, crop_w = _pair(crop_size)
+    top_seed, left_seed = _seeds(crop_seed, 2)
+    top = _randint_between(top_seed, 0, tf.maximum(new_h, crop_h) - crop_h + 1)
+    left = _randint_between(left_seed, 0, tf.maximum(new_w, crop_w) - crop_w + 1)
+    return SegmentationGeometry(new_h, new_w, uniform(flip_seed) < hflip_prob, top, left)
 
 
-def random_crop(image, mask, seed: Seed, size: Size, fill=0, mask_fill: int = IGNORE):
-    """The segmentation reference's RandomCrop: pad bottom/right up to `size` (image with `fill`, mask with
-    255 = ignore), then a uniformly placed crop of exactly `size`."""
-    crop_h, crop_w = _pair(size)
+def _nearest_indices(start, stop, in_size, out_size) -> tf.Tensor:
+    """tf.image.resize's nearest neighbour (half-pixel centres, float32) for outputs start..stop-1."""
+    scale = tf.cast(in_size, tf.float32) / tf.cast(out_size, tf.float32)
+    index = tf.floor((tf.cast(tf.range(start, stop), tf.float32) + 0.5) * scale)
+    return tf.minimum(tf.cast(index, tf.int32), in_size - 1)
+
+
+def _crop_of_resize(image: np.ndarray, height, width, row_start, row_stop, col_start, col_stop, mirror,
+                    crop_height, crop_width) -> np.ndarray:
+    """The window of the resized image (mirrored), zero-padded bottom/right to the crop."""
+    window = resample.resize_bilinear(image, int(height), int(width), (int(row_start), int(row_stop)),
+                                      (int(col_start), int(col_stop)), mirror=bool(mirror))
+    if window.shape[:2] == (crop_height, crop_width):
+        return window
+    out = np.zeros((crop_height, crop_width, 3), np.uint8)
+    out[:window.shape[0], :window.shape[1]] = window
+    return out
+
+
+def resize_flip_crop(image, mask, geometry: SegmentationGeometry, crop_size: Size, mask_fill: int = IGNORE):
+    """Resize (image antialiased bilinear as Pillow, mask nearest), flip, pad bottom/right up to the crop (image
+    0, mask `mask_fill`) and crop, as the reference does them one after the other, but computing only the crop: the
+    window of the resized image that it keeps, resized mirrored when flipped, then padded.  A 0.5-2x random resize
+    of a 520-pixel base followed by a 480 crop otherwise resizes, flips and pads up to 4x the pixels it keeps."""
+    crop_h, crop_w = _pair(crop_size)
     height, width = _hw(image)
-    pad_h, pad_w = tf.maximum(crop_h - height, 0), tf.maximum(crop_w - width, 0)
-    image = _pad(image, 0, pad_h, 0, pad_w, [fill] * 3 if isinstance(fill, (int, float)) else fill)
-    if mask is not None:
-        mask = _pad(mask, 0, pad_h, 0, pad_w, mask_fill)
-    top_seed, left_seed = _seeds(seed, 2)
-    top = _randint_between(top_seed, 0, height + pad_h - crop_h + 1)
-    left = _randint_between(left_seed, 0, width + pad_w - crop_w + 1)
-    image, _, _, mask = crop(image, top, left, crop_h, crop_w, mask=mask)
-    image = tf.ensure_shape(image, (crop_h, crop_w, 3))
-    return image, None if mask is None else tf.ensure_shape(mask, (crop_h, crop_w))
+    row_stop = tf.minimum(geometry.top + crop_h, geometry.height)
+    flipped_stop = tf.minimum(geometry.left + crop_w, geometry.width)  # the window's columns in the flipped image
+    col_start = tf.where(geometry.flip, geometry.width - flipped_stop, geometry.left)
+    col_stop = tf.where(geometry.flip, geometry.width - geometry.left, flipped_stop)
+    image = tf.numpy_function(_crop_of_resize, [image, geometry.height, geometry.width, geometry.top, row_stop,
+                                                col_start, col_stop, geometry.flip, crop_h, crop_w],
+                              tf.uint8, stateful=False)
+    rows = _nearest_indices(geometry.top, row_stop, height, geometry.height)
+    cols = _nearest_indices(col_start, col_stop, width, geometry.width)
+    cols = tf.cond(geometry.flip, lambda: cols[::-1], lambda: cols)
+    mask = tf.gather(tf.gather(mask, rows), cols, axis=1)
+    padding = [[0, crop_h - (row_stop - geometry.top)], [0, crop_w - (col_stop - col_start)]]
+    mask = tf.pad(mask, padding, constant_values=tf.cast(mask_fill, mask.dtype))
+    return tf.ensure_shape(image, (crop_h, crop_w, 3)), tf.ensure_shape(mask, (crop_h, crop_w))
 
 
 # ------------------------------------------------------------------------------------------- recipes
@@ -449,10 +492,10 @@ def segmentation_train(image, mask, seed: Seed, base_size: int = 520, crop_size:
                        hflip_prob: float = 0.5, scale: Sequence[float] = (0.5, 2.0)) -> dict[str, tf.Tensor]:
     """torchvision's segmentation reference (SegmentationPresetTrain): RandomResize(0.5-2x base_size, shorter
     side; `scale`), RandomHorizontalFlip, RandomCrop(crop_size, pad image 0 / mask 255)."""
-    resize_seed, flip_seed, crop_seed = _seeds(seed, 3)
-    image, mask = random_resize(image, mask, resize_seed, int(scale[0] * base_size), int(scale[1] * base_size))
-    image, _, _, mask = random_horizontal_flip(image, None, None, flip_seed, mask, hflip_prob)
-    image, mask = random_crop(image, mask, crop_seed, crop_size)
+    height, width = _hw(image)
+    geometry = segmentation_geometry(height, width, seed, int(scale[0] * base_size), int(scale[1] * base_size),
+                                     crop_size, hflip_prob)
+    image, mask = resize_flip_crop(image, mask, geometry, crop_size)
     return {"image": image, "mask": mask}
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Optional
 
 import cv2
 import numba
@@ -56,21 +57,36 @@ def _resample_rows(source, first, count, weights, out):
             out[i, j] = min(max(total[j] >> PRECISION_BITS, 0), 255)
 
 
-def _rows(image: np.ndarray, size: int) -> np.ndarray:
-    """Resample axis 0 of a contiguous (H, W, C) uint8 image to `size`."""
-    height, width, channels = image.shape
-    out = np.empty((size, width, channels), np.uint8)
-    _resample_rows(image.reshape(height, width * channels), *filter_taps(height, size),
-                   out.reshape(size, width * channels))
+def _resample_axis0(image: np.ndarray, first: np.ndarray, count: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Resample axis 0 of a contiguous (H, W, C) uint8 image: one output row per entry of `first`."""
+    out = np.empty((len(first), *image.shape[1:]), np.uint8)
+    _resample_rows(image.reshape(len(image), -1), first, count, weights, out.reshape(len(first), -1))
     return out
 
 
-def resize_bilinear(image: np.ndarray, height: int, width: int) -> np.ndarray:
+def resize_bilinear(image: np.ndarray, height: int, width: int, rows: Optional[tuple[int, int]] = None,
+                    cols: Optional[tuple[int, int]] = None, mirror: bool = False) -> np.ndarray:
     """(H, W, 3) uint8 -> (height, width, 3) uint8: Pillow's antialiased bilinear resize (BILINEAR), horizontal
-    pass first."""
+    pass first.  `rows` / `cols` ((start, stop) in the output) compute only that window of the resized image, the
+    same bytes as resizing everything and cropping (an output pixel's taps depend only on its own index), at the
+    window's cost: a random crop of a large random resize need not resize what it throws away.  `mirror` flips
+    the result left-right at no cost (the horizontal pass's outputs in reverse order)."""
+    (row_start, row_stop), (col_start, col_stop) = rows or (0, height), cols or (0, width)
     image = np.ascontiguousarray(image)
-    if image.shape[1] != width:  # the horizontal pass: rows of the transposed image (OpenCV transposes with SIMD)
-        image = cv2.transpose(_rows(cv2.transpose(image), width))
-    if image.shape[0] != height:
-        image = _rows(image, height)
-    return image
+    in_height, in_width = image.shape[:2]
+    vertical = None
+    if in_height == height:  # Pillow skips a pass whose size does not change (its taps would be the identity)
+        image = image[row_start:row_stop]
+    else:
+        first, count, weights = (taps[row_start:row_stop] for taps in filter_taps(in_height, height))
+        low, high = first[0], first[-1] + count[-1]  # the input rows the vertical pass reads (both ascend)
+        image, vertical = image[low:high], (first - low, count, weights)
+    step = -1 if mirror else 1
+    if in_width == width:
+        image = image[:, col_start:col_stop][:, ::step]
+    else:  # the horizontal pass: rows of the transposed image (OpenCV transposes with SIMD)
+        taps = (np.ascontiguousarray(taps[col_start:col_stop][::step]) for taps in filter_taps(in_width, width))
+        image = cv2.transpose(_resample_axis0(cv2.transpose(np.ascontiguousarray(image)), *taps))
+    if vertical is not None:
+        image = _resample_axis0(np.ascontiguousarray(image), *vertical)
+    return np.ascontiguousarray(image)
