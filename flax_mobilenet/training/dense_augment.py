@@ -123,15 +123,23 @@ def _box_iou(boxes: tf.Tensor, crops: tf.Tensor) -> tf.Tensor:
     return tf.math.divide_no_nan(inter, area_crops[..., None] + area_boxes - inter)
 
 
+def crop_within(boxes, labels, top, left, crop_h, crop_w) -> tf.Tensor:
+    """(..., N): the boxes (label > 0) whose centres lie strictly inside the crop(s) (int32 (...) parameters)."""
+    cx, cy = 0.5 * (boxes[:, 0] + boxes[:, 2]), 0.5 * (boxes[:, 1] + boxes[:, 3])
+    top, left, bottom, right = (tf.cast(x, tf.float32)[..., None] for x in (top, left, top + crop_h, left + crop_w))
+    return (left < cx) & (cx < right) & (top < cy) & (cy < bottom) & (labels > 0)
+
+
 def iou_crop_candidates(boxes, labels, height, width, min_iou, scale_draws, position_draws, *,
                         min_scale: float = 0.3, max_scale: float = 1.0, min_aspect_ratio: float = 0.5,
                         max_aspect_ratio: float = 2.0):
     """One RandomIoUCrop trial per row of `scale_draws` / `position_draws` (..., 2) uniforms in [0, 1), as
     torchvision: crop w, h = int(W * r0), int(H * r1) with r in [min_scale, max_scale]; aspect ratio w/h in
     range; left, top = int((W - w) * p0), int((H - h) * p1); some box centre strictly inside; and one such box
-    with IoU >= `min_iou` (broadcast against the trials).  Returns (ok, top, left, crop_h, crop_w, within):
-    int32 (...) and `within` (..., N), the boxes whose centres the crop contains."""
+    with IoU >= `min_iou` (broadcast against the trials).  Returns (ok, top, left, crop_h, crop_w): int32 (...).
+    Only the real boxes (label > 0; a COCO image has ~7 of its 100 rows) are compared with the trials."""
     boxes, labels = _prepare(boxes, labels)
+    boxes = tf.boolean_mask(boxes, labels > 0)
     h_f, w_f = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
     scale = min_scale + (max_scale - min_scale) * scale_draws
     new_w, new_h = tf.floor(w_f * scale[..., 0]), tf.floor(h_f * scale[..., 1])
@@ -139,15 +147,12 @@ def iou_crop_candidates(boxes, labels, height, width, min_iou, scale_draws, posi
     ok = (new_w > 0) & (new_h > 0) & (aspect >= min_aspect_ratio) & (aspect <= max_aspect_ratio)
     left = tf.floor((w_f - new_w) * position_draws[..., 0])
     top = tf.floor((h_f - new_h) * position_draws[..., 1])
-    right, bottom = left + new_w, top + new_h
-    cx, cy = 0.5 * (boxes[:, 0] + boxes[:, 2]), 0.5 * (boxes[:, 1] + boxes[:, 3])
-    within = ((left[..., None] < cx) & (cx < right[..., None]) & (top[..., None] < cy) & (cy < bottom[..., None])
-              & (labels > 0))
-    ious = _box_iou(boxes, tf.stack([left, top, right, bottom], axis=-1))
+    within = crop_within(boxes, tf.ones(tf.shape(boxes)[:1], tf.int32), top, left, new_h, new_w)
+    ious = _box_iou(boxes, tf.stack([left, top, left + new_w, top + new_h], axis=-1))
     best = tf.reduce_max(tf.where(within, ious, -1.0), axis=-1)
     ok &= tf.reduce_any(within, axis=-1) & (best >= tf.cast(min_iou, tf.float32))
     as_int = lambda x: tf.cast(x, tf.int32)  # noqa: E731
-    return ok, as_int(top), as_int(left), as_int(new_h), as_int(new_w), within
+    return ok, as_int(top), as_int(left), as_int(new_h), as_int(new_w)
 
 
 def sample_iou_crop(boxes, labels, height, width, seed: Seed, *, sampler_options=IOU_CROP_OPTIONS,
@@ -162,15 +167,16 @@ def sample_iou_crop(boxes, labels, height, width, seed: Seed, *, sampler_options
     options = tf.constant(sampler_options, tf.float32)
     min_iou = tf.gather(options, tf.random.stateless_uniform((rounds,), option_seed, 0, len(sampler_options),
                                                              dtype=tf.int32))
-    ok, top, left, crop_h, crop_w, within = iou_crop_candidates(
+    ok, top, left, crop_h, crop_w = iou_crop_candidates(
         boxes, labels, height, width, min_iou[:, None], uniform(scale_seed, (rounds, trials, 2)),
         uniform(position_seed, (rounds, trials, 2)), **limits)
     done = (min_iou >= 1.0) | tf.reduce_any(ok, axis=-1)
     first = tf.argmax(tf.cast(done, tf.int32), output_type=tf.int32)
     trial = tf.argmax(tf.cast(ok[first], tf.int32), output_type=tf.int32)
     do_crop = tf.reduce_any(done) & (min_iou[first] < 1.0)
-    return do_crop, top[first, trial], left[first, trial], crop_h[first, trial], crop_w[first, trial], \
-        within[first, trial]
+    chosen = top[first, trial], left[first, trial], crop_h[first, trial], crop_w[first, trial]
+    boxes, labels = _prepare(boxes, labels)
+    return (do_crop, *chosen, crop_within(boxes, labels, *chosen))
 
 
 def random_iou_crop(image, boxes, labels, seed: Seed, mask=None, *, sampler_options=IOU_CROP_OPTIONS,
@@ -240,9 +246,9 @@ def random_zoom_out(image, boxes, labels, seed: Seed, mask=None, *, fill=SSD_MEA
 def horizontal_flip(image, boxes=None, labels=None, mask=None):
     """Mirror left-right: x -> W - x for boxes.  Returns (image, boxes, labels, mask)."""
     width = tf.cast(tf.shape(image)[1], tf.float32)
-    image = image[:, ::-1]
+    image = tf.reverse(image, [1])  # ReverseV2's row-copy kernel: a negative-stride slice copies byte by byte
     if mask is not None:
-        mask = mask[:, ::-1]
+        mask = tf.reverse(mask, [1])
     if boxes is not None:
         boxes, labels = _prepare(boxes, labels)
         x1, y1, x2, y2 = tf.unstack(boxes, axis=-1)
@@ -282,7 +288,7 @@ def resize(image, size: Size, boxes=None, labels=None, mask=None, antialias: boo
         resized = tf.numpy_function(functools.partial(resample.resize_bilinear, height=out_h, width=out_w), [image],
                                     tf.uint8, stateful=False)
     else:
-        resized = _to_uint8(tf.image.resize(tf.cast(image, tf.float32), (out_h, out_w), "bilinear"))
+        resized = _to_uint8(tf.image.resize(image, (out_h, out_w), "bilinear"))  # uint8 in: no float copy
     resized = tf.ensure_shape(resized, (out_h, out_w, 3))
     if mask is not None:
         mask = tf.ensure_shape(tf.image.resize(mask[..., None], (out_h, out_w), "nearest")[..., 0], (out_h, out_w))
