@@ -22,14 +22,13 @@ a variable number of boxes to a fixed count.
 """
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 import tensorflow as tf
 
 from . import resample
-from .augment import Seed, uniform
+from .augment import Seed, pillow_resize, uniform
 
 Size = Union[int, Sequence[int]]
 
@@ -285,11 +284,10 @@ def resize(image, size: Size, boxes=None, labels=None, mask=None, antialias: boo
     out_h, out_w = _pair(size)
     height, width = _hw(image)
     if antialias:
-        resized = tf.numpy_function(functools.partial(resample.resize_bilinear, height=out_h, width=out_w), [image],
-                                    tf.uint8, stateful=False)
+        resized = pillow_resize(image, out_h, out_w)
     else:
-        resized = _to_uint8(tf.image.resize(image, (out_h, out_w), "bilinear"))  # uint8 in: no float copy
-    resized = tf.ensure_shape(resized, (out_h, out_w, 3))
+        resized = tf.ensure_shape(_to_uint8(tf.image.resize(image, (out_h, out_w), "bilinear")),  # uint8 in: no copy
+                                  (out_h, out_w, 3))
     if mask is not None:
         mask = tf.ensure_shape(tf.image.resize(mask[..., None], (out_h, out_w), "nearest")[..., 0], (out_h, out_w))
     if boxes is not None:

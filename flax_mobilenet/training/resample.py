@@ -4,7 +4,7 @@ RandomResizedCrop's resize is the host pipeline's largest cost after JPEG decodi
 run it through Pillow: a separable triangle filter whose support widens with the downscale factor, weights rounded
 to 22-bit fixed point, a horizontal pass rounded to uint8, then a vertical pass.  Pillow's loops are scalar; here
 each pass is a sum of whole rows (the horizontal pass on the transposed image), which the compiler vectorises, so
-the same arithmetic runs about 4x faster.  Pillow <= 12 gives the same bytes, but for images over 100x taller than
+the same arithmetic runs 3-4x faster.  Pillow <= 12 gives the same bytes, but for images over 100x taller than
 wide (it runs the vertical pass first there); Pillow 13 sometimes runs the vertical pass first for any image taller
 than wide, which moves some pixels by one level (tests/test_resample.py).
 """
