@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import flax_mobilenet as fm
+from flax_mobilenet.training import command_line
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = str(ROOT / "configs" / "v3_small_digits.py")
@@ -59,7 +60,7 @@ def test_a_nested_unknown_key_names_its_group_and_the_whole_key_to_use(train, mo
         f"error: the config has no key 'modl'; did you mean 'model'? {KEYS}")
     assert parse_error(train, monkeypatch, "--config.zzzzzz=1") == f"error: the config has no key 'zzzzzz' {KEYS}"
     # ml_collections' message without its suggestion: the closest key of the defaults at that level
-    assert train.unknown_key_message(KeyError("'flp'"), ["train.py", "--config.augment.flp=1"]) == (
+    assert command_line.unknown_key_message(KeyError("'flp'"), ["train.py", "--config.augment.flp=1"]) == (
         f"error: the config has no key 'flp' in config.augment; did you mean 'augment.flip'? {KEYS}")
 
 

@@ -118,11 +118,15 @@ class Source:
             indices.append(order[epoch_positions])
             positions.append(epoch_positions)
             epochs.append(np.full(len(epoch_positions), epoch))
-        read = (encoded and self.encoded_reader("train")) or self.reader("train")
         slices = tuple(np.concatenate(column) for column in (indices, positions, epochs))
-        return tf.data.Dataset.from_tensor_slices(slices).map(
-            lambda index, position, epoch: ({**read(index), "index": index}, example_seed(seed, epoch, position)),
-            num_parallel_calls=tf.data.AUTOTUNE)
+        examples = self.read_rows(tf.data.Dataset.from_tensor_slices(slices), "train", encoded)
+        return examples.map(lambda example, index, position, epoch: (
+            {**example, "index": index}, example_seed(seed, epoch, position)), num_parallel_calls=tf.data.AUTOTUNE)
+
+    def read_rows(self, rows: tf.data.Dataset, split: str, encoded: bool = False) -> tf.data.Dataset:
+        """Rows (index, *fields) -> (example, index, *fields) of `split`; `encoded` as in `train_examples`."""
+        read = (encoded and self.encoded_reader(split)) or self.reader(split)
+        return rows.map(lambda index, *fields: (read(index), index, *fields), num_parallel_calls=tf.data.AUTOTUNE)
 
     def image_sizes(self, split: str) -> Optional[np.ndarray]:
         """(N, 2) (height, width) of the split's images when known without decoding them (rectangular eval
@@ -143,10 +147,9 @@ class Source:
         real = np.minimum(positions, total - 1)
         indices = real if order is None else np.asarray(order)[real]
         extra = {k: np.asarray(v)[real] for k, v in (per_position or {}).items()}
-        read = self.reader("eval")
         rows = tf.data.Dataset.from_tensor_slices((indices, (positions < total).astype(np.float32), extra))
-        return rows.map(lambda index, weight, fields: ({**read(index), **fields}, weight),
-                        num_parallel_calls=tf.data.AUTOTUNE)
+        return self.read_rows(rows, "eval").map(lambda example, index, weight, fields: ({**example, **fields}, weight),
+                                                num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def hold(arrays):
@@ -297,6 +300,7 @@ SOURCE_KINDS = {
     "coco:": "dense_sources:load",
     "voc:": "dense_sources:load",
     "yolo:": "yolo_dataset:load",
+    "prepared:": "shards:load",
 }
 NAMED_SOURCES = {"digits": _digits, "shapes": _shapes}
 
