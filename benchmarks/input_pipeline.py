@@ -8,7 +8,9 @@ it writes into a temporary folder in the layout each recipe reads:
 - v3_large, v3_small, v2: `folder:` (one folder per class), configs/<name>.py (ImageNet recipes);
 - lraspp: a `coco:` folder with VOC-category polygons, configs/lraspp_coco_voc.py (segmentation);
 - ssdlite: the same `coco:` folder read for boxes, configs/ssdlite_coco.py;
-- yolo: ultralytics' `yolo:` layout (data.yaml, images/, labels/), configs/yolov8n_coco.py (mosaic).
+- yolo: ultralytics' `yolo:` layout (data.yaml, images/, labels/), configs/yolov8n_coco.py (mosaic);
+- <recipe>_prepared: the same, read from `prepare.py`'s ArrayRecord shards (`prepared:`; training images reduced
+  to the task's default side, e.g. a 224 classifier's shorter side to 256).
 
 Per core = img/s / the cores this process may use (os.sched_getaffinity); per CPU-second = images / the CPU time
 of this process (all threads), which other processes sharing the cores do not distort.  The first `--warmup` batches (tracing,
@@ -38,7 +40,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-# recipe -> (config file, dataset layout, config overrides)
+# recipe -> (config file, dataset layout, config overrides); a '_prepared' recipe reads the layout through
+# `prepare.py`'s shards (written once, its time not counted), with the task's default side
 RECIPES = {
     "v3_large": ("v3_large", "folder", {}),
     "v3_small": ("v3_small", "folder", {}),
@@ -49,6 +52,11 @@ RECIPES = {
     "lraspp": ("lraspp_coco_voc", "coco", {}),
     "ssdlite": ("ssdlite_coco", "coco", {}),
     "yolo": ("yolov8n_coco", "yolo", {}),
+    "v3_large_prepared": ("v3_large", "folder", {}),
+    "v2_prepared": ("v2", "folder", {}),
+    "lraspp_prepared": ("lraspp_coco_voc", "coco", {}),
+    "ssdlite_prepared": ("ssdlite_coco", "coco", {}),
+    "yolo_prepared": ("yolov8n_coco", "yolo", {}),
 }
 SAMPLES = ("astronaut", "chelsea", "coffee", "rocket", "camera", "coins", "hubble_deep_field",
            "immunohistochemistry", "moon", "page", "text", "cat", "brick", "grass", "gravel", "colorwheel")
@@ -186,6 +194,15 @@ def load_config(name: str, dataset: str, batch: int):
     return config
 
 
+def prepared_dataset(experiment, config, out: Path) -> str:
+    """`prepare.py`'s shards of the experiment's dataset, at the task's default side: their dataset name."""
+    from flax_mobilenet.training import prepare
+
+    side = prepare.default_side(experiment.task_name, config, experiment.eval_transform)
+    prepare.prepare(experiment.source, experiment.task_name, out, side, progress=False)
+    return f"prepared:{out}"
+
+
 def pipeline_rate(batches: Iterator[dict], batch: int, warmup: int, per_round: int, rounds: int
                   ) -> tuple[float, float]:
     """The medians over rounds of images/s and of images per CPU-second of this process (all its threads: what
@@ -248,6 +265,9 @@ def main() -> None:
             config = load_config(config_name, datasets[layout], args.batch)
             config.augment.update(augment)
             experiment = Experiment(config)
+            if recipe.endswith("_prepared"):
+                config.dataset = prepared_dataset(experiment, config, Path(tmp) / recipe)
+                experiment = Experiment(config)
             batches = experiment.pipeline.train_batches(global_batch_size=args.batch, process_index=0,
                                                         process_count=1)
             rate, cpu_rate = pipeline_rate(batches, args.batch, args.warmup, args.batches, args.rounds)
