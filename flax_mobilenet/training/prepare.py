@@ -45,9 +45,11 @@ def prepare(source: Source, task: str, out: Path, side: int, quality: int = DEFA
         raise DatasetError(f"dataset {source.info.name!r} is not a dataset of image files: prepare reads 'folder:', "
                            f"'coco:', 'voc:' and 'yolo:' datasets ('digits' and 'shapes' are in memory already, TFDS "
                            f"datasets are sharded already)")
-    if side < 1 or not 1 <= quality <= 100:
-        raise DatasetError(f"side {side} / quality {quality}: the side is a positive pixel count, the JPEG quality "
-                           f"1-100")
+    if side < 1:
+        raise DatasetError(f"side {side}: the bound on the training images' side is a positive pixel count "
+                           f"(prepare.py --side; 0 there: the task's default)")
+    if not 1 <= quality <= 100:
+        raise DatasetError(f"JPEG quality {quality}: use 1-100 (prepare.py --quality)")
     out.mkdir(parents=True, exist_ok=True)
     if (out / METADATA_FILE).exists():
         raise DatasetError(f"{out} holds a prepared dataset already: pass another --out, or delete it first")

@@ -179,7 +179,8 @@ def load(config, task: str) -> PreparedSource:
                            f"prepare the dataset again")
     if metadata["task"] != task:
         raise DatasetError(f"dataset {config.dataset!r} was prepared from {metadata['source']!r} for "
-                           f"{metadata['task']}, not for a {task} model: prepare it again with this config")
+                           f"{metadata['task']}, not for a {task} model: prepare it for this config into another "
+                           f"folder (python prepare.py --config CONFIG --config.dataset={metadata['source']} --out DIR)")
     splits = metadata["splits"]
     missing = [name for split in splits.values() for name in split["shards"] if not (root / name).is_file()]
     if missing:
