@@ -3,6 +3,7 @@ images byte for byte), that a prepared run reads the same examples in the same o
 draws and resumes exactly, and the errors a user meets."""
 import itertools
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -172,6 +173,16 @@ def test_what_cannot_be_prepared_or_read_is_named(classification, tmp_path):
     prepared_config.dataset = f"prepared:{unfinished}"
     with pytest.raises(DatasetError, match="did not finish; run it again"):
         Experiment(prepared_config)
+    damaged = tmp_path / "damaged"
+    shutil.copytree(out, damaged)
+    shard = next(damaged.glob("train-*.array_record"))
+    data = bytearray(shard.read_bytes())
+    middle = len(data.rstrip(b"\0")) // 2  # inside the records (the file is padded with zeros)
+    data[middle:middle + 64] = bytes(b ^ 0xFF for b in data[middle:middle + 64])  # that record's hash fails
+    shard.write_bytes(bytes(data))
+    prepared_config.dataset = f"prepared:{damaged}"
+    with pytest.raises(DatasetError, match="train shards cannot be read .*the shards are damaged; prepare the"):
+        _batches(prepared_config, 6)  # the whole epoch
     metadata = json.loads((out / METADATA_FILE).read_text())
     (tmp_path / "moved").mkdir()
     (tmp_path / "moved" / METADATA_FILE).write_text(json.dumps(metadata))  # the metadata without its shards

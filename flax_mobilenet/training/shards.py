@@ -87,12 +87,21 @@ class PreparedSource(Source):
     def _records(self) -> dict[str, Any]:
         from array_record.python.array_record_data_source import ArrayRecordDataSource
 
-        return {split: ArrayRecordDataSource([str(self.root / name) for name in self.metadata["splits"][split]["shards"]])
-                for split in self.metadata["splits"]}
+        splits = self.metadata["splits"]
+        return {split: ArrayRecordDataSource([str(self.root / name) for name in splits[split]["shards"]])
+                for split in splits}
 
     def _fetch(self, split: str) -> Callable[[np.ndarray], np.ndarray]:
-        records = self._records[split]
-        return lambda indices: np.array([records[int(i)] for i in np.ravel(indices)], dtype=object).reshape(
+        records, root = self._records[split], self.root
+
+        def record(index: int) -> bytes:
+            try:
+                return records[index]
+            except RuntimeError as error:  # Riegeli's checksums: a damaged or truncated shard
+                raise DatasetError(f"record {index} of {root}'s {split} shards cannot be read ({error}): the "
+                                   f"shards are damaged; prepare the dataset again") from None
+
+        return lambda indices: np.array([record(int(i)) for i in np.ravel(indices)], dtype=object).reshape(
             np.shape(indices))
 
     def _finisher(self, encoded: bool) -> Callable[[dict[str, tf.Tensor]], Example]:
@@ -170,8 +179,8 @@ def load(config, task: str) -> PreparedSource:
     if not metadata_file.is_file():
         hint = (" (its shards are there: `prepare.py` did not finish; run it again)"
                 if any(root.glob("*.array_record")) else "")
-        raise DatasetError(f"dataset {config.dataset!r}: {metadata_file} does not exist{hint}; write a prepared dataset "
-                           f"with `python prepare.py --config CONFIG --config.dataset=folder:/path/to/images "
+        raise DatasetError(f"dataset {config.dataset!r}: {metadata_file} does not exist{hint}; write a prepared "
+                           f"dataset with `python prepare.py --config CONFIG --config.dataset=folder:/path/to/images "
                            f"--out {root}`")
     metadata = json.loads(metadata_file.read_text())
     if metadata.get("format") != FORMAT_VERSION:
@@ -184,8 +193,8 @@ def load(config, task: str) -> PreparedSource:
     splits = metadata["splits"]
     missing = [name for split in splits.values() for name in split["shards"] if not (root / name).is_file()]
     if missing:
-        raise DatasetError(f"dataset {config.dataset!r}: shards are missing ({', '.join(missing[:3])}): copy the whole "
-                           f"folder, or prepare it again")
+        raise DatasetError(f"dataset {config.dataset!r}: shards are missing ({', '.join(missing[:3])}): copy the "
+                           f"whole folder, or prepare it again")
     max_boxes = int(config.max_boxes) if task == "detection" else 0
     most = max(split["max_boxes"] for split in splits.values())
     if max_boxes and most > max_boxes:

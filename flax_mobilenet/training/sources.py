@@ -345,7 +345,8 @@ def _close_open_pipelines() -> None:
 
 
 def iterate_numpy(ds: tf.data.Dataset, files: Optional[np.ndarray] = None) -> Iterator[dict[str, np.ndarray]]:
-    """The dataset as NumPy; an image TF cannot decode is named (TF's error does not say which file)."""
+    """The dataset as NumPy; an image TF cannot decode is named (TF's error does not say which file), and a
+    `DatasetError` raised inside the pipeline (a `tf.numpy_function`) reaches the caller as itself."""
     batches = _numpy_batches(ds, files)
     _OPEN_PIPELINES.add(batches)
     return batches
@@ -357,6 +358,9 @@ def _numpy_batches(ds: tf.data.Dataset, files: Optional[np.ndarray]) -> Iterator
     except Exception as error:  # not `except tf.errors...`: at interpreter exit, closing needs no module globals
         if not isinstance(error, tf.errors.InvalidArgumentError):
             raise
+        own = error.message.partition(f"{DatasetError.__name__}: ")[2]  # raised by a reader's tf.numpy_function
+        if own:
+            raise DatasetError(own.splitlines()[0]) from None
         raise DatasetError(f"cannot decode an image{_name_unreadable(files)}: "
                            f"{error.message.splitlines()[0]}") from None
 
