@@ -160,6 +160,9 @@ def test_what_cannot_be_prepared_or_read_is_named(classification, tmp_path):
     out = Path(prepared_config.dataset.split(":", 1)[1])
     with pytest.raises(DatasetError, match="holds a prepared dataset already"):
         prepare(original, "classification", out, SIDE, progress=False)
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(DatasetError, match="cannot write the prepared dataset into .*a_file/out .*pick another --out"):
+        prepare(original, "classification", tmp_path / "a_file" / "out", SIDE, progress=False)
     digits = base_config()
     digits.dataset = "digits"
     with pytest.raises(DatasetError, match="not a dataset of image files"):

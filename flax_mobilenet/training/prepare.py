@@ -50,20 +50,26 @@ def prepare(source: Source, task: str, out: Path, side: int, quality: int = DEFA
                            f"(prepare.py --side; 0 there: the task's default)")
     if not 1 <= quality <= 100:
         raise DatasetError(f"JPEG quality {quality}: use 1-100 (prepare.py --quality)")
-    out.mkdir(parents=True, exist_ok=True)
     if (out / METADATA_FILE).exists():
         raise DatasetError(f"{out} holds a prepared dataset already: pass another --out, or delete it first")
     rule = SIDE_RULES[task][0]
-    splits = {split: _write_split(source, split, task, out, side if split == "train" else 0, rule, quality,
-                                  progress) for split in SPLITS}
     info = source.info
-    metadata = {"format": FORMAT_VERSION, "source": info.name, "task": task, "num_classes": info.num_classes,
-                "class_names": list(info.class_names), "train_split": info.train_split,
-                "eval_split": info.eval_split, "train_side": {"side": side, "bounds": rule, "quality": quality},
-                "splits": splits}
-    partial = out / f"{METADATA_FILE}.partial"
-    partial.write_text(json.dumps(metadata, indent=1))
-    partial.replace(out / METADATA_FILE)  # atomic: the dataset exists once every shard is written
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        splits = {split: _write_split(source, split, task, out, side if split == "train" else 0, rule, quality,
+                                      progress) for split in SPLITS}
+        metadata = {"format": FORMAT_VERSION, "source": info.name, "task": task, "num_classes": info.num_classes,
+                    "class_names": list(info.class_names), "train_split": info.train_split,
+                    "eval_split": info.eval_split, "train_side": {"side": side, "bounds": rule, "quality": quality},
+                    "splits": splits}
+        partial = out / f"{METADATA_FILE}.partial"
+        partial.write_text(json.dumps(metadata, indent=1))
+        partial.replace(out / METADATA_FILE)  # atomic: the dataset exists once every shard is written
+    except (OSError, RuntimeError) as error:  # the folder, a full disk (ArrayRecord's writer: RuntimeError)
+        cause = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise DatasetError(f"cannot write the prepared dataset into {out} ({cause}): free some space or pick another "
+                           f"--out, then run prepare.py again (what it wrote so far does not pass for a dataset)"
+                           ) from None
     return metadata
 
 
