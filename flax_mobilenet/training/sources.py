@@ -7,7 +7,8 @@ none), `boxes` (M, 4) float32 xyxy pixels and `labels` (M,) int32, 1-based (0 = 
 
 `open_source(config)` builds a run's source once (a folder is listed once, COCO's annotations parsed once).  The
 kinds are told apart by the dataset name's prefix (`SOURCE_KINDS`); a new kind is one file with one entry there.
-TFDS datasets are read sequentially by file shards, not by index (`TfdsSource` overrides the epoch methods).
+TFDS datasets are read sequentially by file shards, not by index (`TfdsSource` overrides the epoch methods);
+`prepare.py`'s shards fetch their records several to a call (`PreparedSource` overrides `read_rows`).
 """
 from __future__ import annotations
 
