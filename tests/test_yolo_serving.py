@@ -76,7 +76,10 @@ def test_exports_detections_with_the_nms_inside(detector, format, tmp_path):
         assert "NonMaxSuppression" in ops and "Loop" not in ops
     got = load_exported(tmp_path)(x)
     assert relative(got["predictions"], predictions) <= 1e-4
-    assert_same_detections(got, found)
+    # the NMS inside keeps what ours keeps from the same predictions; against the JAX model's own detections (1e-6
+    # away) a near tie can flip (two boxes' scores 2e-6 apart, IoU 0.68, on jax 0.12 on an AVX-512 CPU)
+    assert_same_detections(got, jax.jit(model.postprocessor((SIZE, SIZE)))({"predictions": got["predictions"]}))
+    assert abs(got["num_valid"] - found.num_valid).max() <= 2
 
 
 @pytest.mark.export
