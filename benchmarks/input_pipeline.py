@@ -52,12 +52,8 @@ RECIPES = {
     "lraspp": ("lraspp_coco_voc", "coco", {}),
     "ssdlite": ("ssdlite_coco", "coco", {}),
     "yolo": ("yolov8n_coco", "yolo", {}),
-    "v3_large_prepared": ("v3_large", "folder", {}),
-    "v2_prepared": ("v2", "folder", {}),
-    "lraspp_prepared": ("lraspp_coco_voc", "coco", {}),
-    "ssdlite_prepared": ("ssdlite_coco", "coco", {}),
-    "yolo_prepared": ("yolov8n_coco", "yolo", {}),
 }
+RECIPES.update({f"{recipe}_prepared": RECIPES[recipe] for recipe in ("v3_large", "v2", "lraspp", "ssdlite", "yolo")})
 SAMPLES = ("astronaut", "chelsea", "coffee", "rocket", "camera", "coins", "hubble_deep_field",
            "immunohistochemistry", "moon", "page", "text", "cat", "brick", "grass", "gravel", "colorwheel")
 SIZE = (375, 500)  # height, width: ImageNet's and COCO's typical photo

@@ -78,8 +78,8 @@ def _write_split(source: Source, split: str, task: str, out: Path, side: int, ru
     from array_record.python.array_record_module import ArrayRecordWriter
     from tqdm import tqdm
 
-    count = source.size(split)
-    read, paths = source.reader(split), hold(source.files(split))
+    count, files = source.size(split), source.files(split)
+    read, paths = source.reader(split), hold(files)
 
     def load(index: tf.Tensor) -> dict[str, tf.Tensor]:
         return _stored(read(index), tf.io.read_file(tf.gather(paths, index)), side, rule, quality)
@@ -89,7 +89,7 @@ def _write_split(source: Source, split: str, task: str, out: Path, side: int, ru
     names = [shard_name(split, shard, num_shards) for shard in range(num_shards)]
     sizes, most_boxes, writer = np.zeros((count, 2), np.int32), 0, None
     bar = tqdm(total=count, desc=split, unit="img", disable=not progress)
-    for index, row in enumerate(iterate_numpy(rows.prefetch(tf.data.AUTOTUNE), source.files(split))):
+    for index, row in enumerate(iterate_numpy(rows.prefetch(tf.data.AUTOTUNE), files)):
         if index % RECORDS_PER_SHARD == 0:
             if writer is not None:
                 writer.close()
@@ -110,18 +110,20 @@ def _stored(example: Example, original: tf.Tensor, side: int, rule: str, quality
     and the example's annotations scaled with it (boxes: only the real rows)."""
     image = example["image"]
     shape = tf.shape(image)[:2]
+    bound = tf.reduce_min(shape) if rule == "shorter" else tf.reduce_max(shape)
     row = {k: v for k, v in example.items() if k not in ("image", "mask", "boxes", "labels")}
     dense = "boxes" in example
     # no mask: a (0, 0) constant (detection datasets), left out of the graph (TF's PNG encoder aborts on it)
     mask = example["mask"] if dense and example["mask"].shape.as_list() != [0, 0] else None
-    boxes = tf.boolean_mask(example["boxes"], example["labels"] > 0) if dense else tf.zeros([0, 4])
+    real = example["labels"] > 0 if dense else None
+    boxes = tf.boolean_mask(example["boxes"], real) if dense else tf.zeros([0, 4])
 
     def keep():
         return original, shape, boxes, *([] if mask is None else [mask])
 
     def reduce():
-        bound = tf.cast(tf.reduce_min(shape) if rule == "shorter" else tf.reduce_max(shape), tf.float64)
-        size = tf.maximum(tf.cast(tf.round(tf.cast(shape, tf.float64) * side / bound), tf.int32), 1)
+        size = tf.cast(tf.round(tf.cast(shape, tf.float64) * side / tf.cast(bound, tf.float64)), tf.int32)
+        size = tf.maximum(size, 1)
         resized = tf.numpy_function(lambda pixels, hw: resample.resize_bilinear(pixels, int(hw[0]), int(hw[1])),
                                     [image, size], tf.uint8, stateful=False)
         encoded = tf.io.encode_jpeg(tf.ensure_shape(resized, [None, None, 3]), quality=quality)
@@ -131,12 +133,11 @@ def _stored(example: Example, original: tf.Tensor, side: int, rule: str, quality
             return scaled
         return *scaled, tf.cast(tf.image.resize(mask[..., None], size, method="nearest")[..., 0], tf.uint8)
 
-    too_large = (tf.reduce_min(shape) if rule == "shorter" else tf.reduce_max(shape)) > side
-    stored = tf.cond(too_large, reduce, keep) if side else keep()
+    stored = tf.cond(bound > side, reduce, keep) if side else keep()
     row.update(image=stored[0], size=stored[1])
     if dense:
         png = tf.constant(b"") if mask is None else tf.io.encode_png(stored[3][..., None])
-        row.update(mask=png, boxes=stored[2], labels=tf.boolean_mask(example["labels"], example["labels"] > 0))
+        row.update(mask=png, boxes=stored[2], labels=tf.boolean_mask(example["labels"], real))
     return row
 
 
